@@ -1,0 +1,5 @@
+import sys
+
+from nftrace.cli import main
+
+sys.exit(main())

@@ -1,0 +1,223 @@
+"""`nftrace` command line.  Heavy modules (textual, scapy, pyroute2) are imported
+only inside the commands that need them, so `nftrace explain` starts fast."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, NoReturn, TextIO
+
+from nftrace.errors import InputError, NftraceError, UsageError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _read(path: str, what: str) -> str:
+    if path == "-":
+        return sys.stdin.read()
+    try:
+        return Path(path).read_text(encoding="utf-8", errors="surrogateescape")
+    except IsADirectoryError:
+        raise InputError(f"{what} is a directory", file=path) from None
+    except OSError as e:
+        raise InputError(f"cannot read {what}: {e.strerror}", file=path) from None
+
+
+def add_input_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("rules and host")
+    g.add_argument("--rules", "-r", metavar="FILE|DIR|-", help="iptables-save dump ('-' for stdin), or a rulesets/ directory")
+    g.add_argument("--routes", metavar="FILE", help="`ip route show table all` output (text or ip -j JSON)")
+    g.add_argument("--addrs", metavar="FILE", help="`ip addr` output (text or JSON)")
+    g.add_argument("--ip-rules", metavar="FILE", help="`ip rule` output (text or JSON)")
+    g.add_argument("--sysctl", metavar="KEY=VALUE", action="append", default=[], help="a sysctl (repeatable)")
+    g.add_argument("--local-addr", metavar="ADDR", action="append", default=[], help="an address of this host")
+    g.add_argument("--ipsets", metavar="FILE", help="`ipset save` output")
+    g.add_argument("--backend", choices=("nft", "legacy"), default="nft", help="iptables backend semantics")
+
+
+def add_packet_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("packet")
+    g.add_argument("flow", nargs="?", help="flow string: 'tcp 10.0.0.5:34567 > 10.96.0.10:80 iif eth0'")
+    g.add_argument("--src", "-s")
+    g.add_argument("--dst", "-d")
+    g.add_argument("--proto", "-p")
+    g.add_argument("--sport", type=int)
+    g.add_argument("--dport", type=int)
+    g.add_argument("--iif", "-i", help="input interface (the packet arrives on it)")
+    g.add_argument("--local", action="store_true", help="sent by a local process (starts at OUTPUT)")
+    g.add_argument("--oif", "-o", help="output interface a local socket is bound to")
+    g.add_argument("--mark", help="packet mark on arrival")
+    g.add_argument("--ct-state", help="NEW (default), ESTABLISHED, RELATED, INVALID, UNTRACKED")
+    g.add_argument("--icmp-type", help="ICMP type name or TYPE[/CODE]")
+    g.add_argument("--tcp-flags", help="e.g. SYN or ACK,PSH")
+    g.add_argument("--uid", type=int, help="uid of the sending process (owner match)")
+    g.add_argument("--gid", type=int)
+    g.add_argument("--length", type=int, help="IP packet length (length match)")
+    g.add_argument("--ttl", type=int)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="nftrace", description="What does this host's netfilter do to this packet, and why?")
+    sub = p.add_subparsers(dest="cmd", parser_class=_Parser)
+    e = sub.add_parser("explain", help="trace one packet (or a batch) through the rules")
+    add_input_args(e)
+    add_packet_args(e)
+    e.add_argument("--format", "-f", choices=("text", "json"), default="text")
+    e.add_argument("--all-rules", action="store_true", help="also show rules that did not match, and why")
+    e.add_argument("--batch", metavar="FILE", help="one JSON packet per line; one trace JSON per line out")
+    e.add_argument("--max-branches", type=int, default=256, help="bound on forks (chance/unknown matches)")
+    e.add_argument("--color", choices=("auto", "always", "never"), default="auto")
+    return p
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_inputs(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """(ruleset, host context, ipsets) from the common flags."""
+    from nftrace.host.parse import build_host_context
+    from nftrace.ruleset.ipsets import parse_ipsets
+    from nftrace.ruleset.parser import parse_rules
+
+    rules_path = args.rules
+    routes, addrs, iprules, ipsets_path = args.routes, args.addrs, args.ip_rules, args.ipsets
+    sysctls = list(args.sysctl)
+    if rules_path is None:
+        raise UsageError("no rules given: use --rules FILE (an iptables-save dump, '-' for stdin, or a rulesets/ dir)")
+    if rules_path != "-" and os.path.isdir(rules_path):
+        d = Path(rules_path)
+        cand = [d / "iptables.rules", d / "rules.v4"]
+        found = next((c for c in cand if c.is_file()), None)
+        if found is None:
+            raise InputError("directory has no iptables.rules", file=rules_path)
+        rules_path = str(found)
+        routes = routes or _maybe(d / "routes.txt")
+        addrs = addrs or _maybe(d / "addrs.txt")
+        iprules = iprules or _maybe(d / "ip-rules.txt")
+        ipsets_path = ipsets_path or _maybe(d / "ipsets.txt")
+        sc = _maybe(d / "sysctl.txt")
+        if sc:
+            sysctls = [ln for ln in _read(sc, "sysctl file").splitlines() if ln.strip() and not ln.startswith("#")] + sysctls
+    text = _read(rules_path, "rules")
+    stripped = text.lstrip()
+    if stripped.startswith("{"):
+        raise InputError("this looks like a JSON file (a snapshot?), not an iptables-save dump", file=rules_path)
+    if not stripped:
+        raise InputError("the rules file is empty", file=rules_path)
+    name = "<stdin>" if rules_path == "-" else rules_path
+    rs = parse_rules(text, name)
+    if not rs.tables:
+        raise InputError("no tables in the rules (expected '*filter' ... 'COMMIT')", file=name)
+    host = build_host_context(
+        routes_file=routes, addrs_file=addrs, rules_file=iprules, sysctls=sysctls, local_addrs=args.local_addr
+    )
+    ipsets = parse_ipsets(_read(ipsets_path, "ipsets"), ipsets_path) if ipsets_path else None
+    return rs, host, ipsets
+
+
+def _maybe(p: Path) -> str | None:
+    return str(p) if p.is_file() else None
+
+
+def packet_dict(args: argparse.Namespace) -> dict[str, Any]:
+    from nftrace.engine.packet import parse_flow
+
+    d: dict[str, Any] = {}
+    if args.flow:
+        d = parse_flow(args.flow)
+    for key in ("src", "dst", "proto", "sport", "dport", "iif", "oif", "mark", "ct_state", "icmp_type",
+                "tcp_flags", "uid", "gid", "length", "ttl"):  # fmt: skip
+        v = getattr(args, key)
+        if v is not None:
+            d[key] = v
+    if args.local:
+        if d.get("iif"):
+            raise UsageError("--local and --iif exclude each other")
+        d["origin"] = "local"
+    elif d.get("iif"):
+        d["origin"] = "ingress"
+    if not d.get("dst"):
+        raise UsageError("no packet given: a flow string ('tcp 1.2.3.4:5 > 6.7.8.9:80 iif eth0') or --dst/--proto ...")
+    return d
+
+
+def _color(args: argparse.Namespace, stream: TextIO) -> bool:
+    if args.color == "always":
+        return True
+    if args.color == "never" or os.environ.get("NO_COLOR"):
+        return False
+    return stream.isatty()
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from nftrace.engine.packet import packet_from_dict
+    from nftrace.engine.pipeline import SCHEMA, Engine
+    from nftrace.engine.walker import WalkOptions
+
+    rs, host, ipsets = load_inputs(args)
+    engine = Engine(rs, host, ipsets, backend=args.backend,
+                    options=WalkOptions(all_rules=args.all_rules, max_branches=args.max_branches))  # fmt: skip
+    if args.batch:
+        src = _read(args.batch, "batch file")
+        out = sys.stdout
+        for n, line in enumerate(src.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                try:
+                    d = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise InputError(f"not JSON: {e.msg}", file=args.batch, line=n) from None
+                if not isinstance(d, dict):
+                    raise InputError("each line must be a JSON object", file=args.batch, line=n)
+                pkt, origin = packet_from_dict(d, file=args.batch)
+                doc = engine.trace(pkt, origin).to_json()
+            except NftraceError as e:
+                doc = {"schema": SCHEMA, "error": e.one_line().removeprefix("nftrace: "), "line": n}
+            out.write(json.dumps(doc) + "\n")
+        return 0
+    d = packet_dict(args)
+    pkt, origin = packet_from_dict(d)
+    tr = engine.trace(pkt, origin)
+    doc = tr.to_json()
+    if args.format == "json":
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+    else:
+        from nftrace.present.text import render_trace
+
+        sys.stdout.write(render_trace(doc, color=_color(args, sys.stdout)) + "\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.cmd is None:
+            parser.print_help()
+            return 2
+        if args.cmd == "explain":
+            return cmd_explain(args)
+        raise UsageError(f"unknown command {args.cmd}")
+    except NftraceError as e:
+        sys.stderr.write(e.one_line() + "\n")
+        return e.exit_status
+    except BrokenPipeError:
+        return 0
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # an internal failure is a bug: say so, exit 1
+        if os.environ.get("NFTRACE_DEBUG"):
+            raise
+        sys.stderr.write(f"nftrace: internal error (a bug, please report): {type(e).__name__}: {e}\n")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,448 @@
+"""The netfilter pipeline: hooks, table priorities, conntrack, NAT, routing.
+
+Ingress:  PREROUTING (raw, conntrack, mangle, nat dst) -> routing ->
+          INPUT (mangle, filter, security, nat src)            -> local
+          FORWARD (mangle, filter, security) -> POSTROUTING (mangle, nat src)
+Local:    routing -> OUTPUT (raw, conntrack, mangle [reroute], nat dst [reroute],
+          filter, security) -> POSTROUTING (mangle, nat src) -> out, or back in
+          through lo: PREROUTING -> routing -> INPUT (nat is not consulted again).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any
+
+from nftrace.engine.env import Env
+from nftrace.engine.packet import Packet
+from nftrace.engine.walker import Branch, ChainLoopError, WalkOptions, walk_table
+from nftrace.errors import InputError
+from nftrace.host.fib import Fib, RouteResult
+from nftrace.host.model import HostContext
+from nftrace.ruleset.ext.nat import NatRequest
+from nftrace.ruleset.ipsets import IpSets
+from nftrace.ruleset.model import Ruleset
+
+SCHEMA = "nftrace.trace/1"
+
+# (table, is_nat) in priority order per hook (include/uapi/linux/netfilter_ipv4.h)
+HOOK_TABLES: dict[str, tuple[str, ...]] = {
+    "PREROUTING": ("raw", "mangle", "nat"),
+    "INPUT": ("mangle", "filter", "security", "nat"),
+    "FORWARD": ("mangle", "filter", "security"),
+    "OUTPUT": ("raw", "mangle", "nat", "filter", "security"),
+    "POSTROUTING": ("mangle", "nat"),
+}
+NAT_MANIP = {"PREROUTING": "dst", "OUTPUT": "dst", "INPUT": "src", "POSTROUTING": "src"}
+
+
+@dataclass
+class Trace:
+    packet: Packet
+    origin: str
+    branches: list[Branch]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def has_unknown(self) -> bool:
+        return any(b.unknown for b in self.branches)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "packet": self.packet.to_contract(self.origin),
+            "origin": self.origin,
+            "branches": [
+                {
+                    "probability": None if b.unknown else b.prob,
+                    "conditions": b.conditions,
+                    "steps": b.steps,
+                    "result": b.result,
+                }
+                for b in self.branches
+            ],
+            "warnings": self.warnings,
+        }
+
+
+class Engine:
+    """Traces packets through one ruleset on one host.  Reusable across packets."""
+
+    def __init__(
+        self,
+        ruleset: Ruleset,
+        host: HostContext,
+        ipsets: IpSets | None = None,
+        backend: str = "nft",
+        options: WalkOptions | None = None,
+    ) -> None:
+        self.ruleset = ruleset
+        self.host = host
+        self.fib = Fib(host, ruleset.family)  # type: ignore[arg-type]
+        self.ipsets = ipsets
+        self.backend = backend
+        self.options = options or WalkOptions()
+
+    # ------------------------------------------------------------------ public
+    def trace(self, pkt: Packet, origin: str) -> Trace:
+        if pkt.family != self.ruleset.family:
+            raise InputError(
+                f"the packet is {pkt.family} but the rules are {self.ruleset.family} "
+                f"({'ip6tables' if self.ruleset.family == 'ipv6' else 'iptables'}-save)"
+            )
+        if origin == "ingress" and pkt.iif and self.host.links and self.host.link(pkt.iif) is None:
+            names = ", ".join(link.name for link in self.host.links)
+            raise InputError(f"unknown input interface {pkt.iif!r}: this host has {names}")
+        warnings: list[str] = list(self.host.provenance)
+        if self.host.empty:
+            warnings.append(
+                "no host context given (--routes/--addrs/--snapshot): routing, addrtype and local "
+                "delivery are guessed; state local addresses with --local-addr"
+            )
+        if pkt.ct_state in ("ESTABLISHED", "RELATED"):
+            warnings.append(
+                f"{pkt.ct_state} packet: the nat table is not consulted; any NAT of its connection "
+                "(set up by its first packet) is not known here and is assumed to be none"
+            )
+            pkt.nat_dst_done = pkt.nat_src_done = True
+        env = Env(
+            host=self.host,
+            fib=self.fib,
+            ipsets=self.ipsets,
+            backend=self.backend,
+            origin=origin,
+            no_host=self.host.empty,
+        )
+        first = Branch(pkt=pkt.clone(), stage="pre" if origin == "ingress" else "route_out")
+        budget = [self.options.max_branches]
+        done: list[Branch] = []
+        work = [first]
+        guard = 0
+        while work:
+            guard += 1
+            if guard > 100_000:
+                raise RuntimeError("trace did not terminate")
+            b = work.pop()
+            try:
+                nxt = self._stage(b, env, budget)
+            except ChainLoopError as e:
+                b.result = {"verdict": "DROP", "disposition": "dropped", "oif": None, "at": None, "packet": b.pkt.summary()}
+                b.warnings.append(str(e))
+                nxt = [b]
+            for n in nxt:
+                (done if n.result is not None else work).append(n)
+        # order: most probable first, unknown last, stable
+        done.sort(key=lambda b: (b.unknown, -b.prob))
+        for b in done:
+            for w in b.warnings:
+                if w not in warnings:
+                    warnings.append(w)
+        if any(b.unknown for b in done):
+            warnings.insert(
+                0,
+                "this trace met matches nftrace cannot decide offline: the outcome depends on "
+                "the assumptions listed in each branch's conditions",
+            )
+        return Trace(packet=pkt, origin=origin, branches=done, warnings=warnings)
+
+    # ------------------------------------------------------------------ stages
+    def _stage(self, b: Branch, env: Env, budget: list[int]) -> list[Branch]:
+        st = b.stage
+        if st == "pre":
+            return self._hook(b, env, budget, "PREROUTING", "route_in")
+        if st == "route_in":
+            return [self._route_in(b)]
+        if st == "input":
+            return self._hook(b, env, budget, "INPUT", "deliver")
+        if st == "forward":
+            return self._hook(b, env, budget, "FORWARD", "post")
+        if st == "route_out":
+            return [self._route_out(b)]
+        if st == "output":
+            return self._hook(b, env, budget, "OUTPUT", "post")
+        if st == "post":
+            return self._hook(b, env, budget, "POSTROUTING", "after_post")
+        if st == "after_post":
+            return [self._after_post(b)]
+        if st == "deliver":
+            b.result = self._result(b, "ACCEPT", "local", None)
+            return [b]
+        raise AssertionError(f"unknown stage {st}")
+
+    def _hook(self, b: Branch, env: Env, budget: list[int], hook: str, next_stage: str) -> list[Branch]:
+        """Run every table of a hook in priority order; returns branches advanced to next_stage or finished."""
+        current = [b]
+        for table_name in HOOK_TABLES[hook]:
+            if table_name == "mangle" and hook == "OUTPUT":
+                current = [x for br in current for x in self._mangle_output(br, env, budget)]
+                continue
+            table = self.ruleset.tables.get(table_name)
+            nxt: list[Branch] = []
+            for br in current:
+                if br.result is not None:
+                    nxt.append(br)
+                    continue
+                if table_name == "nat":
+                    nxt.extend(self._nat(br, env, budget, hook))
+                    continue
+                if table is None or hook not in table.chains:
+                    self._after_table(br, env, table_name, hook)
+                    nxt.append(br)
+                    continue
+                for nb, verdict in walk_table(br, table, hook, env, self.options, budget):
+                    self._finish_table(nb, verdict, hook, table_name)
+                    if nb.result is None:
+                        self._after_table(nb, env, table_name, hook)
+                    nxt.append(nb)
+            current = nxt
+        for br in current:
+            if br.result is None:
+                br.stage = next_stage
+        return current
+
+    def _after_table(self, b: Branch, env: Env, table: str, hook: str) -> None:
+        if table == "raw" and hook in ("PREROUTING", "OUTPUT"):
+            # nf_conntrack_in runs right after raw (priority -200)
+            if not any(s.get("kind") == "conntrack" for s in b.steps):
+                b.steps.append({"kind": "conntrack", "state": b.pkt.ct_state})
+
+    def _finish_table(self, b: Branch, verdict: str, hook: str, table: str) -> None:
+        if verdict == "ACCEPT":
+            return
+        at = self._drop_at(b, hook, table)
+        if verdict == "QUEUE":
+            b.result = self._result(b, "QUEUE", "queued", at)
+            b.unknown = True
+            return
+        b.result = self._result(b, "DROP", "dropped", at)
+
+    def _drop_at(self, b: Branch, hook: str, table: str) -> dict[str, Any]:
+        last = b.steps[-1] if b.steps else {}
+        if last.get("kind") == "rule":
+            return {"hook": hook, "table": table, "chain": last.get("chain"), "rule": last.get("rule")}
+        return {"hook": hook, "table": table, "chain": hook, "rule": None, "policy": True}
+
+    def _result(self, b: Branch, verdict: str, disposition: str, at: dict[str, Any] | None) -> dict[str, Any]:
+        return {
+            "verdict": verdict,
+            "disposition": disposition,
+            "oif": b.pkt.oif if disposition in ("forwarded", "output") else None,
+            "at": at,
+            "packet": b.pkt.summary(),
+        }
+
+    # ------------------------------------------------------------------ mangle OUTPUT + reroute
+    def _mangle_output(self, b: Branch, env: Env, budget: list[int]) -> list[Branch]:
+        if b.result is not None:
+            return [b]
+        table = self.ruleset.tables.get("mangle")
+        if table is None or "OUTPUT" not in table.chains:
+            return [b]
+        out = []
+        before = (b.pkt.mark, b.pkt.src, b.pkt.dst, b.pkt.tos)
+        for nb, verdict in walk_table(b, table, "OUTPUT", env, self.options, budget):
+            self._finish_table(nb, verdict, "OUTPUT", "mangle")
+            if nb.result is None and (nb.pkt.mark, nb.pkt.src, nb.pkt.dst, nb.pkt.tos) != before:
+                # ipt_mangle_out: a changed mark/address/tos re-routes the packet
+                self._reroute_local(nb, "mangle OUTPUT changed the packet")
+            out.append(nb)
+        return out
+
+    # ------------------------------------------------------------------ nat
+    def _nat(self, b: Branch, env: Env, budget: list[int], hook: str) -> list[Branch]:
+        manip = NAT_MANIP[hook]
+        pkt = b.pkt
+        done = pkt.nat_dst_done if manip == "dst" else pkt.nat_src_done
+        if pkt.untracked or pkt.ct_state not in ("NEW",) or done:
+            return [b]
+        table = self.ruleset.tables.get("nat")
+        out: list[Branch] = []
+        if table is None or hook not in table.chains:
+            self._bind(b, manip, None, hook, env)
+            return [b]
+        for nb, verdict in walk_table(b, table, hook, env, self.options, budget):
+            self._finish_table(nb, verdict, hook, "nat")
+            if nb.result is None:
+                req = nb.pkt.pending_nat
+                nb.pkt.pending_nat = None
+                old_dst = nb.pkt.dst
+                self._bind(nb, manip, req, hook, env)
+                if hook == "OUTPUT" and nb.result is None and nb.pkt.dst != old_dst:
+                    # nf_nat_ipv4_local_fn: a new destination re-routes the packet
+                    self._reroute_local(nb, "DNAT in nat OUTPUT changed the destination")
+            out.append(nb)
+        return out
+
+    def _bind(self, b: Branch, manip: str, req: NatRequest | None, hook: str, env: Env) -> None:
+        pkt = b.pkt
+        if manip == "dst":
+            pkt.nat_dst_done = True
+        else:
+            pkt.nat_src_done = True
+        if req is None:
+            return
+        before = pkt.endpoint("dst" if manip == "dst" else "src")
+        kind = req.kind
+        new_addr: str | None = None
+        new_port: int | None = None
+        cur_addr = pkt.dst if manip == "dst" else pkt.src
+        cur_port = pkt.dport if manip == "dst" else pkt.sport
+        if kind == "NETMAP":
+            assert req.netmap is not None
+            net, mask = req.netmap
+            a = int(ipaddress.ip_address(cur_addr))
+            new_addr = str(ipaddress.ip_address((a & ~mask & _full(pkt)) | net))
+        elif kind == "REDIRECT":
+            if hook == "OUTPUT":
+                new_addr = "127.0.0.1" if pkt.family == "ipv4" else "::1"
+            else:
+                new_addr = self._primary_addr(pkt.iif, pkt.family)
+                if new_addr is None:
+                    b.result = self._result(b, "DROP", "dropped", {"hook": hook, "table": "nat", "nat": "REDIRECT"})
+                    b.warnings.append(f"REDIRECT: input interface {pkt.iif} has no address: the kernel drops the packet")
+                    return
+        elif kind == "MASQUERADE":
+            toward = pkt.dst
+            if b.steps:
+                for s in reversed(b.steps):
+                    if s.get("kind") == "route" and s.get("via"):
+                        toward = s["via"]
+                        break
+            new_addr = self.fib.select_source(pkt.oif, toward)
+            if new_addr is None:
+                b.result = self._result(b, "DROP", "dropped", {"hook": hook, "table": "nat", "nat": "MASQUERADE"})
+                b.warnings.append(f"MASQUERADE: output interface {pkt.oif} has no usable address: dropped")
+                return
+        else:
+            new_addr = req.addr_lo
+            if req.addr_hi and req.addr_hi != req.addr_lo:
+                b.warnings.append(
+                    f"{kind} to an address range {req.addr_lo}-{req.addr_hi}: the kernel picks one by a hash "
+                    f"of the addresses; {req.addr_lo} assumed"
+                )
+        if req.port_lo is not None and pkt.has_ports and cur_port is not None:
+            if req.port_lo <= cur_port <= (req.port_hi or req.port_lo) and (req.port_hi or req.port_lo) != req.port_lo:
+                new_port = cur_port  # already in range: kept (when the tuple is unique)
+            else:
+                new_port = req.port_lo
+                if req.port_hi and req.port_hi != req.port_lo:
+                    b.warnings.append(
+                        f"{kind} to port range {req.port_lo}-{req.port_hi}: {req.port_lo} assumed"
+                    )
+        if new_addr is None:
+            new_addr = cur_addr
+        if manip == "dst":
+            pkt.set_dst(new_addr)
+            if new_port is not None:
+                pkt.dport = new_port
+        else:
+            pkt.set_src(new_addr)
+            if new_port is not None:
+                pkt.sport = new_port
+        after = pkt.endpoint("dst" if manip == "dst" else "src")
+        if after != before:
+            pkt.ct_status.add("DNAT" if manip == "dst" else "SNAT")
+            b.steps.append({"kind": "nat", "type": kind, "hook": hook, "before": before, "after": after})
+        else:
+            b.steps.append({"kind": "nat", "type": kind, "hook": hook, "before": before, "after": after,
+                            "note": "no change"})  # fmt: skip
+
+    def _primary_addr(self, dev: str | None, family: str) -> str | None:
+        for name, iface in self.host.addresses(family):  # type: ignore[arg-type]
+            if name == dev:
+                return str(iface.ip)
+        return None
+
+    # ------------------------------------------------------------------ routing
+    def _route_step(self, r: RouteResult, result: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "kind": "route",
+            "result": result,
+            "type": r.type,
+            "oif": r.oif,
+            "via": r.gateway,
+            "table": r.table,
+            "reason": r.reason,
+        }
+        if extra:
+            d.update(extra)
+        return d
+
+    def _route_in(self, b: Branch) -> Branch:
+        pkt = b.pkt
+        r = self.fib.route_input(pkt.dst, pkt.src, pkt.iif or "lo", pkt.mark, tos=pkt.tos, proto=pkt.proto,
+                                 sport=pkt.sport, dport=pkt.dport)  # fmt: skip
+        if r.type in ("local", "broadcast", "multicast"):
+            b.steps.append(self._route_step(r, "local"))
+            if r.type == "multicast":
+                b.warnings.append("multicast destination: local delivery assumed (multicast routing not modelled)")
+            b.stage = "input"
+            pkt.oif = None
+            return b
+        if r.type == "unicast":
+            if pkt.ttl <= 1:
+                b.steps.append(self._route_step(r, "forward"))
+                b.result = self._result(b, "DROP", "dropped", {"stage": "forward", "reason": "TTL exceeded"})
+                return b
+            b.steps.append(self._route_step(r, "forward"))
+            pkt.oif = r.oif
+            b.stage = "forward"
+            return b
+        b.steps.append(self._route_step(r, "drop"))
+        disp = "unroutable" if r.type in ("none", "unreachable", "prohibit", "blackhole") else "dropped"
+        b.result = self._result(b, "DROP", disp, {"stage": "routing", "reason": r.reason, "type": r.type})
+        return b
+
+    def _route_out(self, b: Branch) -> Branch:
+        pkt = b.pkt
+        r = self.fib.route_output(pkt.dst, pkt.src or None, pkt.oif, pkt.mark, tos=pkt.tos, proto=pkt.proto,
+                                  sport=pkt.sport, dport=pkt.dport)  # fmt: skip
+        if r.type in ("unicast", "local", "broadcast", "multicast"):
+            if not pkt.src:
+                src = r.prefsrc or (pkt.dst if r.type == "local" else None)
+                if src is None:
+                    b.steps.append(self._route_step(r, "drop"))
+                    b.result = self._result(b, "DROP", "unroutable", {"stage": "routing", "reason": "no source address"})
+                    return b
+                pkt.set_src(src)
+                pkt.orig_src = src
+            pkt.oif = r.oif
+            b.steps.append(self._route_step(r, "output", {"src": pkt.src}))
+            b.stage = "output"
+            return b
+        b.steps.append(self._route_step(r, "drop"))
+        b.result = self._result(b, "DROP", "unroutable", {"stage": "routing", "reason": r.reason, "type": r.type})
+        return b
+
+    def _reroute_local(self, b: Branch, why: str) -> None:
+        pkt = b.pkt
+        r = self.fib.route_output(pkt.dst, pkt.src, None, pkt.mark, tos=pkt.tos, proto=pkt.proto,
+                                  sport=pkt.sport, dport=pkt.dport)  # fmt: skip
+        if r.type in ("unicast", "local", "broadcast", "multicast"):
+            pkt.oif = r.oif
+            b.steps.append(self._route_step(r, "reroute", {"why": why}))
+        else:
+            b.steps.append(self._route_step(r, "drop", {"why": why}))
+            b.result = self._result(b, "DROP", "unroutable", {"stage": "reroute", "reason": r.reason})
+
+    def _after_post(self, b: Branch) -> Branch:
+        pkt = b.pkt
+        if pkt.oif == "lo" and b.steps and self._is_local_dst(pkt.dst):
+            # loopback: the packet comes back in through lo with the same connection
+            pkt.iif = "lo"
+            pkt.oif = None
+            pkt.ct_status.add("CONFIRMED")
+            b.steps.append({"kind": "loopback", "iif": "lo"})
+            b.stage = "pre"
+            return b
+        disp = "output" if not pkt.iif else "forwarded"
+        b.result = self._result(b, "ACCEPT", disp, None)
+        return b
+
+    def _is_local_dst(self, addr: str) -> bool:
+        return self.fib.is_local(addr) or ipaddress.ip_address(addr).is_loopback
+
+
+def _full(pkt: Packet) -> int:
+    return 0xFFFFFFFF if pkt.family == "ipv4" else (1 << 128) - 1
