@@ -31,7 +31,9 @@ def _read(path: str, what: str) -> str:
 
 def add_input_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("rules and host")
-    g.add_argument("--rules", "-r", metavar="FILE|DIR|-", help="iptables-save dump ('-' for stdin), or a rulesets/ directory")
+    g.add_argument(
+        "--rules", "-r", metavar="FILE|DIR|-", help="iptables-save dump ('-' for stdin), or a rulesets/ directory"
+    )
     g.add_argument("--routes", metavar="FILE", help="`ip route show table all` output (text or ip -j JSON)")
     g.add_argument("--addrs", metavar="FILE", help="`ip addr` output (text or JSON)")
     g.add_argument("--ip-rules", metavar="FILE", help="`ip rule` output (text or JSON)")
@@ -103,7 +105,9 @@ def load_inputs(args: argparse.Namespace) -> tuple[Any, Any, Any]:
         ipsets_path = ipsets_path or _maybe(d / "ipsets.txt")
         sc = _maybe(d / "sysctl.txt")
         if sc:
-            sysctls = [ln for ln in _read(sc, "sysctl file").splitlines() if ln.strip() and not ln.startswith("#")] + sysctls
+            sysctls = [
+                ln for ln in _read(sc, "sysctl file").splitlines() if ln.strip() and not ln.startswith("#")
+            ] + sysctls
     text = _read(rules_path, "rules")
     stripped = text.lstrip()
     if stripped.startswith("{"):

@@ -249,9 +249,7 @@ def _addr(text: str, what: str, file: str | None) -> tuple[str, str]:
     return str(a), ("ipv4" if a.version == 4 else "ipv6")
 
 
-_FLOW = re.compile(
-    r"^\s*(?P<proto>[A-Za-z0-9-]+)\s+(?P<src>\S+)\s*>\s*(?P<dst>\S+)(?P<rest>.*)$"
-)
+_FLOW = re.compile(r"^\s*(?P<proto>[A-Za-z0-9-]+)\s+(?P<src>\S+)\s*>\s*(?P<dst>\S+)(?P<rest>.*)$")
 
 
 def _split_endpoint(text: str) -> tuple[str, int | None]:

@@ -79,7 +79,7 @@ class Engine:
     ) -> None:
         self.ruleset = ruleset
         self.host = host
-        self.fib = Fib(host, ruleset.family)  # type: ignore[arg-type]
+        self.fib = Fib(host, "ipv6" if ruleset.family == "ipv6" else "ipv4")
         self.ipsets = ipsets
         self.backend = backend
         self.options = options or WalkOptions()
@@ -127,7 +127,13 @@ class Engine:
             try:
                 nxt = self._stage(b, env, budget)
             except ChainLoopError as e:
-                b.result = {"verdict": "DROP", "disposition": "dropped", "oif": None, "at": None, "packet": b.pkt.summary()}
+                b.result = {
+                    "verdict": "DROP",
+                    "disposition": "dropped",
+                    "oif": None,
+                    "at": None,
+                    "packet": b.pkt.summary(),
+                }
                 b.warnings.append(str(e))
                 nxt = [b]
             for n in nxt:
@@ -300,7 +306,9 @@ class Engine:
                 new_addr = self._primary_addr(pkt.iif, pkt.family)
                 if new_addr is None:
                     b.result = self._result(b, "DROP", "dropped", {"hook": hook, "table": "nat", "nat": "REDIRECT"})
-                    b.warnings.append(f"REDIRECT: input interface {pkt.iif} has no address: the kernel drops the packet")
+                    b.warnings.append(
+                        f"REDIRECT: input interface {pkt.iif} has no address: the kernel drops the packet"
+                    )
                     return
         elif kind == "MASQUERADE":
             toward = pkt.dst
@@ -327,9 +335,7 @@ class Engine:
             else:
                 new_port = req.port_lo
                 if req.port_hi and req.port_hi != req.port_lo:
-                    b.warnings.append(
-                        f"{kind} to port range {req.port_lo}-{req.port_hi}: {req.port_lo} assumed"
-                    )
+                    b.warnings.append(f"{kind} to port range {req.port_lo}-{req.port_hi}: {req.port_lo} assumed")
         if new_addr is None:
             new_addr = cur_addr
         if manip == "dst":
@@ -403,7 +409,9 @@ class Engine:
                 src = r.prefsrc or (pkt.dst if r.type == "local" else None)
                 if src is None:
                     b.steps.append(self._route_step(r, "drop"))
-                    b.result = self._result(b, "DROP", "unroutable", {"stage": "routing", "reason": "no source address"})
+                    b.result = self._result(
+                        b, "DROP", "unroutable", {"stage": "routing", "reason": "no source address"}
+                    )
                     return b
                 pkt.set_src(src)
                 pkt.orig_src = src

@@ -13,7 +13,7 @@ from typing import Any
 
 from nftrace.engine.env import Env
 from nftrace.engine.packet import Packet
-from nftrace.ruleset.model import Chance, Chain, Rule, Table, Unknown
+from nftrace.ruleset.model import Chain, Chance, Rule, Table, Unknown
 
 MAX_DEPTH = 64  # nested jumps; the kernel refuses loops at load time
 

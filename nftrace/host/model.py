@@ -41,6 +41,9 @@ class Link:
     mac: str | None = None
     addresses: list[str] = field(default_factory=list)  # "192.168.50.10/24" (CIDR form)
     mtu: int | None = None
+    # Point-to-point addresses (`inet A peer B/P`): address as stored in `addresses`
+    # ("A/P") -> the peer prefix ("B/P"); the kernel's connected route is to the peer's prefix.
+    peers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -58,6 +61,8 @@ class Route:
     tos: int = 0
     # Multipath: list of (gateway, oif, weight). When set, gateway/oif are the first hop.
     nexthops: list[tuple[str | None, str | None, int]] = field(default_factory=list)
+    nhid: int | None = None  # `nhid N`: nexthop object id (recorded, not expanded)
+    flags: list[str] = field(default_factory=list)  # onlink linkdown dead ... as `ip route` prints them
 
     def network(self) -> IPNetwork:
         if self.dst == "default":

@@ -57,7 +57,9 @@ def render_trace(doc: dict[str, Any], color: bool = False) -> str:
         return f"error: {doc['error']}"
     unknown = any(b.get("probability") is None for b in doc["branches"])
     if unknown:
-        out.append(st("warn", "UNCERTAIN: this answer depends on matches nftrace cannot decide offline (see conditions)"))
+        out.append(
+            st("warn", "UNCERTAIN: this answer depends on matches nftrace cannot decide offline (see conditions)")
+        )
     out.append(st("bold", "packet: ") + flow_text(doc["packet"], doc["origin"]) + f"  ({doc['packet']['ct_state']})")
     for w in doc.get("warnings", []):
         out.append(st("warn", f"warning: {w}"))

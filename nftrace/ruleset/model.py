@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
-    from nftrace.engine.packet import Packet
     from nftrace.engine.env import Env
+    from nftrace.engine.packet import Packet
 
 BUILTIN_CHAINS: dict[str, tuple[str, ...]] = {
     "raw": ("PREROUTING", "OUTPUT"),

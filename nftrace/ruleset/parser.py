@@ -24,6 +24,7 @@ from nftrace.ruleset.model import (
     Rule,
     Ruleset,
     Table,
+    TargetSpec,
 )
 from nftrace.ruleset.registry import ParseCtx
 
@@ -55,13 +56,108 @@ _POLICIES = {"ACCEPT", "DROP", "-"}
 # unknown) when no module of ours registers them.  Anything else is an error, as
 # iptables-restore would refuse it ("Couldn't load match").
 KNOWN_EXTENSIONS = frozenset(
-    """addrtype ah bpf cgroup cluster comment connbytes connlabel connlimit connmark conntrack cpu dccp
-    devgroup dscp dst ecn esp eui64 frag hashlimit hbh helper hl icmp icmp6 iprange ipv6header ipvs
-    length limit mac mark mh multiport nfacct osf owner physdev pkttype policy quota rateest realm recent
-    rpfilter rt sctp set socket state statistic string tcp tcpmss time tos ttl u32 udp udplite srh
-    AUDIT CHECKSUM CLASSIFY CLUSTERIP CONNMARK CONNSECMARK CT DNAT DNPT DSCP ECN HL HMARK IDLETIMER LED
-    LOG MARK MASQUERADE NETMAP NFLOG NFQUEUE NOTRACK RATEEST REDIRECT REJECT SECMARK SET SNAT SNPT
-    SYNPROXY TCPMSS TCPOPTSTRIP TEE TOS TPROXY TRACE TTL ULOG""".split()
+    [
+        "addrtype",
+        "ah",
+        "bpf",
+        "cgroup",
+        "cluster",
+        "comment",
+        "connbytes",
+        "connlabel",
+        "connlimit",
+        "connmark",
+        "conntrack",
+        "cpu",
+        "dccp",
+        "devgroup",
+        "dscp",
+        "dst",
+        "ecn",
+        "esp",
+        "eui64",
+        "frag",
+        "hashlimit",
+        "hbh",
+        "helper",
+        "hl",
+        "icmp",
+        "icmp6",
+        "iprange",
+        "ipv6header",
+        "ipvs",
+        "length",
+        "limit",
+        "mac",
+        "mark",
+        "mh",
+        "multiport",
+        "nfacct",
+        "osf",
+        "owner",
+        "physdev",
+        "pkttype",
+        "policy",
+        "quota",
+        "rateest",
+        "realm",
+        "recent",
+        "rpfilter",
+        "rt",
+        "sctp",
+        "set",
+        "socket",
+        "state",
+        "statistic",
+        "string",
+        "tcp",
+        "tcpmss",
+        "time",
+        "tos",
+        "ttl",
+        "u32",
+        "udp",
+        "udplite",
+        "srh",
+        "AUDIT",
+        "CHECKSUM",
+        "CLASSIFY",
+        "CLUSTERIP",
+        "CONNMARK",
+        "CONNSECMARK",
+        "CT",
+        "DNAT",
+        "DNPT",
+        "DSCP",
+        "ECN",
+        "HL",
+        "HMARK",
+        "IDLETIMER",
+        "LED",
+        "LOG",
+        "MARK",
+        "MASQUERADE",
+        "NETMAP",
+        "NFLOG",
+        "NFQUEUE",
+        "NOTRACK",
+        "RATEEST",
+        "REDIRECT",
+        "REJECT",
+        "SECMARK",
+        "SET",
+        "SNAT",
+        "SNPT",
+        "SYNPROXY",
+        "TCPMSS",
+        "TCPOPTSTRIP",
+        "TEE",
+        "TOS",
+        "TPROXY",
+        "TRACE",
+        "TTL",
+        "ULOG",
+    ]
 )
 
 
@@ -278,10 +374,10 @@ def _build_match(sec: _Section, ctx: ParseCtx) -> MatchSpec:
     return spec
 
 
-def _build_target(sec: _Section, ctx: ParseCtx) -> registry.TargetSpec:
+def _build_target(sec: _Section, ctx: ParseCtx) -> TargetSpec:
     key = ("j", sec.name, ctx.protocol, ctx.family, ctx.table, ctx.chain, tuple(sec.opts))
     cached = _SECTION_CACHE.get(key)
-    if isinstance(cached, registry.TargetSpec):
+    if isinstance(cached, TargetSpec):
         return cached
     parser = registry.TARGETS.get(sec.name)
     if parser is None:
@@ -487,9 +583,7 @@ def parse_rules(text: str, filename: str = "<rules>", family: str | None = None)
             continue
         raise InputError(f"unknown command {cmd!r}", filename, lineno)
     if table is not None:
-        raise InputError(
-            f"table {table.name} has no COMMIT: the dump is truncated", filename, max(lineno, 1)
-        )
+        raise InputError(f"table {table.name} has no COMMIT: the dump is truncated", filename, max(lineno, 1))
     return rs
 
 

@@ -101,17 +101,17 @@ class ConntrackMatch(MatchSpec):
         if "DNAT" not in pkt.ct_status:
             repl["src"], repl["sport"] = pkt.orig_dst, pkt.orig_dport
         tup = orig if kind.startswith("orig") else repl
-        fieldname = kind[4:] if kind.startswith("orig") else kind[4:]
+        fieldname = kind[4:]
         if fieldname in ("src", "dst"):
             import ipaddress
 
             assert isinstance(val, tuple)
             net, mask = val
-            return (int(ipaddress.ip_address(str(tup[fieldname]))) & mask) == net
+            return bool((int(ipaddress.ip_address(str(tup[fieldname]))) & int(mask)) == int(net))
         assert isinstance(val, tuple)
         port = tup[fieldname]
         lo, hi = val
-        return port is not None and lo <= int(port) <= hi
+        return port is not None and lo <= int(str(port)) <= int(str(hi))
 
     def evaluate(self, pkt: Packet, env: Env) -> MatchOutcome:
         for kind, neg, val in self.checks:

@@ -47,7 +47,9 @@ class GenericTarget(TargetSpec):
     def apply(self, pkt: Packet, env: Env) -> TargetResult:
         if self.ext in _TERMINAL:
             return TargetResult("CONTINUE", unknown=f"{self.text}: {_TERMINAL[self.ext]}")
-        return TargetResult("CONTINUE", note=f"{self.ext} is not modelled: assumed to continue without changing the packet")
+        return TargetResult(
+            "CONTINUE", note=f"{self.ext} is not modelled: assumed to continue without changing the packet"
+        )
 
 
 def generic_match(name: str, items: list[Option], ctx: ParseCtx) -> MatchSpec:

@@ -44,8 +44,19 @@ class SetMatch(MatchSpec):
 def parse_set(items: list[Option], ctx: ParseCtx) -> MatchSpec:
     ms = [i for i in items if i.name in ("match-set", "set")]
     for i in items:
-        if i.name not in ("match-set", "set", "return-nomatch", "update-counters", "update-subcounters",
-                          "packets-eq", "packets-lt", "packets-gt", "bytes-eq", "bytes-lt", "bytes-gt"):
+        if i.name not in (
+            "match-set",
+            "set",
+            "return-nomatch",
+            "update-counters",
+            "update-subcounters",
+            "packets-eq",
+            "packets-lt",
+            "packets-gt",
+            "bytes-eq",
+            "bytes-lt",
+            "bytes-gt",
+        ):
             raise ctx.error(f"set: unknown option --{i.name}")
     if len(ms) != 1 or len(ms[0].values) != 2:
         raise ctx.error("set: --match-set NAME src|dst[,...] is required")

@@ -51,7 +51,9 @@ def _mark_match(name: str, items: list[Option], ctx: ParseCtx) -> MatchSpec:
         raise ctx.error(f"{name}: --mark is required")
     val, mask = value_mask(opt.values[0], ctx, name, "mark")
     shown = hex(val) if mask == FULL else f"{hex(val)}/{hex(mask)}"
-    return MarkMatch(name == "connmark", val & mask, mask, opt.negated, f"-m {name} {'! ' if opt.negated else ''}--mark {shown}")
+    return MarkMatch(
+        name == "connmark", val & mask, mask, opt.negated, f"-m {name} {'! ' if opt.negated else ''}--mark {shown}"
+    )
 
 
 @match("mark")

@@ -251,6 +251,7 @@ class PhysdevMatch(MatchSpec):
             # Not a bridged packet: matches only when every option given is negated.
             return all(neg for _, neg, _ in self.opts)
         for kind, neg, val in self.opts:
+            hit: bool
             if kind == "is-bridged":
                 hit = pkt.bridged
             elif kind in ("is-in", "in"):
@@ -322,7 +323,9 @@ def parse_pkttype(items: list[Option], ctx: ParseCtx) -> MatchSpec:
     if t is None or t.values[0].lower() not in ("unicast", "broadcast", "multicast", "host"):
         raise ctx.error("pkttype: --pkt-type unicast|broadcast|multicast is required")
     v = t.values[0].lower()
-    return PkttypeMatch("unicast" if v == "host" else v, t.negated, f"-m pkttype {'! ' if t.negated else ''}--pkt-type {v}")
+    return PkttypeMatch(
+        "unicast" if v == "host" else v, t.negated, f"-m pkttype {'! ' if t.negated else ''}--pkt-type {v}"
+    )
 
 
 class CmpMatch(MatchSpec):

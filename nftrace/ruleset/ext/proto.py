@@ -102,7 +102,7 @@ def _flags(text: str, ctx: ParseCtx) -> frozenset[str]:
         return frozenset(TCP_FLAGS)
     if text.upper() == "NONE":
         return frozenset()
-    out = set()
+    out: set[str] = set()
     for f in text.upper().split(","):
         if f == "ALL":
             out.update(TCP_FLAGS)
@@ -142,7 +142,9 @@ def _port_match(name: str, items: list[Option], ctx: ParseCtx, protos: tuple[str
         if opt is not None:
             # TCP options are not part of our packet model.
             o.done()
-            return _UnknownOptions(name, " ".join(parts) + f" --tcp-option {opt.values[0]}", "TCP options of the packet")
+            return _UnknownOptions(
+                name, " ".join(parts) + f" --tcp-option {opt.values[0]}", "TCP options of the packet"
+            )
     o.done()
     return PortMatch(name, sport, bool(s and s.negated), dport, bool(d and d.negated), flags, " ".join(parts))
 
@@ -217,7 +219,9 @@ class IcmpMatch(MatchSpec):
         return f"{self.text} (packet {pkt.proto} type {pkt.icmp_type} code {pkt.icmp_code})"
 
 
-def _icmp(name: str, items: list[Option], ctx: ParseCtx, proto: str, table: dict[str, tuple[int, int | None]]) -> MatchSpec:
+def _icmp(
+    name: str, items: list[Option], ctx: ParseCtx, proto: str, table: dict[str, tuple[int, int | None]]
+) -> MatchSpec:
     _require_proto(ctx, name, ("icmp",) if proto == "icmp" else ("icmpv6", "ipv6-icmp", "icmp6"))
     o = Opts(items, ctx, name)
     opt = o.get("icmp-type" if proto == "icmp" else "icmpv6-type")

@@ -1,0 +1,189 @@
+"""Kernel-differential comparison: the engine's predicted branches vs the kernel's trace.
+
+Shared by the tests over rulesets/ and over the corpus.  A prediction agrees
+with the kernel when one of its branches has exactly the kernel's sequence of
+matched rules and applied policies (hook, table, chain, position, verdict,
+jump target) and, when accepted, the same final addresses, ports and output
+interface (or local delivery).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from nftrace.engine.packet import packet_from_dict
+from nftrace.engine.pipeline import Engine, Trace
+from nftrace.host.model import HostContext
+from nftrace.ruleset.model import Ruleset
+from tests.kernelhost import KPacket, KResult
+
+Hop = tuple[str, str, str, int | None, str, str | None]
+
+
+def kernel_path(res: KResult) -> list[Hop]:
+    out: list[Hop] = []
+    for ev in res.events:
+        if ev.kind == "rule":
+            tgt = ev.target if ev.verdict in ("JUMP", "GOTO") else None
+            out.append((ev.hook, ev.table, ev.chain, ev.rule, ev.verdict, tgt))
+        elif ev.kind == "policy":
+            out.append((ev.hook, ev.table, ev.chain, None, ev.verdict, None))
+    return out
+
+
+def branch_path(steps: list[dict[str, Any]]) -> list[Hop]:
+    out: list[Hop] = []
+    for s in steps:
+        if s["kind"] == "rule" and s.get("matched"):
+            tgt = s["target"] if s["verdict"] in ("JUMP", "GOTO") else None
+            out.append((s["hook"], s["table"], s["chain"], s["rule"], s["verdict"], tgt))
+        elif s["kind"] == "policy":
+            out.append((s["hook"], s["table"], s["chain"], None, s["verdict"], None))
+    return out
+
+
+@dataclass
+class Verdict:
+    ok: bool
+    message: str
+
+
+def compare(trace: Trace, res: KResult) -> Verdict:
+    kp = kernel_path(res)
+    doc = trace.to_json()
+    candidates = []
+    for b in doc["branches"]:
+        bp = branch_path(b["steps"])
+        if bp != kp:
+            candidates.append((b, bp, "path"))
+            continue
+        problem = _final_problem(b["result"], res)
+        if problem is None:
+            return Verdict(True, "")
+        candidates.append((b, bp, problem))
+    lines = ["no predicted branch equals the kernel's path", "kernel:"]
+    lines += [f"  {h}" for h in kp]
+    lines.append(f"  final={res.final} ct={res.ct} error={res.error}")
+    for k, (b, bp, why) in enumerate(candidates[:4], 1):
+        lines.append(f"branch {k} ({why}) p={b['probability']} result={b['result']}")
+        lines += [f"  {h}" for h in bp]
+    lines.append("raw kernel trace:\n" + res.raw)
+    return Verdict(False, "\n".join(lines))
+
+
+def _final_problem(result: dict[str, Any], res: KResult) -> str | None:
+    disp = result["disposition"]
+    if result["verdict"] != "ACCEPT":
+        return None  # the path already ends where the kernel's does
+    fin = res.final
+    if disp == "local":
+        return None if fin.get("delivered_local") else f"predicted local delivery, kernel final {fin}"
+    pk = result["packet"]
+    for key in ("src", "dst", "sport", "dport"):
+        if fin.get(key) is not None and pk.get(key) is not None and str(fin[key]) != str(pk[key]):
+            return f"final {key}: predicted {pk[key]}, kernel {fin[key]}"
+    if fin.get("oif") and result.get("oif") and fin["oif"] != result["oif"]:
+        return f"output interface: predicted {result['oif']}, kernel {fin['oif']}"
+    return None
+
+
+# ------------------------------------------------------------------ packet generation
+
+_ADDR = re.compile(r"(?<![\w.:])(\d{1,3}(?:\.\d{1,3}){3})(?:/(\d{1,2}))?")
+_PORT = re.compile(r"--(?:dport|sport|dports|sports|to-ports|destination-port)\s+([\d,:]+)")
+_TO = re.compile(r"--to-(?:destination|source)\s+[\d.]*:(\d+)")
+
+
+def mentioned(rules_text: str, host: HostContext) -> tuple[list[str], list[int]]:
+    addrs: set[str] = set()
+    for m in _ADDR.finditer(rules_text):
+        try:
+            a = ipaddress.ip_address(m.group(1))
+        except ValueError:
+            continue
+        if m.group(2) and int(m.group(2)) < 32:
+            net = ipaddress.ip_network(f"{a}/{m.group(2)}", strict=False)
+            if net.num_addresses > 2:
+                addrs.add(str(net.network_address + 1))
+                addrs.add(str(net.network_address + min(net.num_addresses - 2, 7)))
+        else:
+            addrs.add(str(a))
+    for _, iface in host.addresses("ipv4"):
+        addrs.add(str(iface.ip))
+        net = iface.network
+        if net.num_addresses > 4:
+            addrs.add(str(net.network_address + 3))
+    for r in host.routes:
+        if r.family == "ipv4" and r.dst != "default" and r.type == "unicast":
+            n = ipaddress.ip_network(r.dst, strict=False)
+            if n.num_addresses > 2:
+                addrs.add(str(n.network_address + 2))
+    addrs.update({"8.8.8.8", "1.1.1.1", "203.0.113.77"})
+    ports: set[int] = {22, 53, 80, 443, 8080, 40000}
+    for m in _PORT.finditer(rules_text):
+        for part in m.group(1).split(","):
+            for p in part.split(":"):
+                if p.isdigit():
+                    ports.add(int(p))
+    for m in _TO.finditer(rules_text):
+        ports.add(int(m.group(1)))
+    bad = {a for a in addrs if ipaddress.ip_address(a).is_multicast or a.endswith(".255") or a.startswith("0.")}
+    return sorted(addrs - bad), sorted(p for p in ports if 0 < p < 65536)
+
+
+def random_packets(rng: random.Random, rules_text: str, host: HostContext, n: int) -> list[KPacket]:
+    addrs, ports = mentioned(rules_text, host)
+    local = {str(i.ip) for _, i in host.addresses("ipv4")}
+    links = [link.name for link in host.links if link.name not in ("lo", "*")]
+    out = []
+    for _ in range(n):
+        proto = rng.choice(["tcp", "tcp", "udp", "udp", "icmp"])
+        origin = "local" if rng.random() < 0.3 or not links else "ingress"
+        dst = rng.choice(addrs)
+        if origin == "ingress":
+            choices = [a for a in addrs if a not in local and not a.startswith("127.")]
+            src = rng.choice(choices or addrs)
+        else:
+            src = rng.choice(sorted(local)) if local and rng.random() < 0.8 else rng.choice(addrs)
+        sport = rng.choice([40000 + rng.randrange(20000), *ports]) if proto != "icmp" else None
+        dport = rng.choice(ports) if proto != "icmp" else None
+        out.append(
+            KPacket(
+                origin=origin,
+                proto=proto,
+                src=src,
+                dst=dst,
+                sport=sport,
+                dport=dport,
+                iif=rng.choice(links) if origin == "ingress" else None,
+            )
+        )
+    return out
+
+
+def engine_packet(kp: KPacket) -> tuple[Any, str]:
+    d: dict[str, Any] = {
+        "origin": kp.origin,
+        "proto": kp.proto,
+        "src": kp.src,
+        "dst": kp.dst,
+        "sport": kp.sport,
+        "dport": kp.dport,
+        "iif": kp.iif,
+        "mark": kp.mark,
+        "tcp_flags": kp.tcp_flags if kp.proto == "tcp" else None,
+        "ttl": kp.ttl,
+    }
+    if kp.proto == "icmp":
+        d["icmp_type"] = f"{kp.icmp_type}/{kp.icmp_code}"
+    if kp.oif:
+        d["oif"] = kp.oif
+    return packet_from_dict(d)
+
+
+def make_engine(rs: Ruleset, host: HostContext) -> Engine:
+    return Engine(rs, host)
