@@ -107,8 +107,9 @@ class Packet:
     # addresses as integers (kept in sync by set_src/set_dst)
     src_n: int = 0
     dst_n: int = 0
-    # Free-form assumptions the trace made about this packet (e.g. "uid unknown")
     secmark: int = 0
+    # ports a NAT with --random/--random-fully chose at random ("sport"/"dport")
+    random_ports: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.src_n = int(ipaddress.ip_address(self.src)) if self.src else 0
@@ -126,7 +127,7 @@ class Packet:
         self.dst_n = int(ipaddress.ip_address(addr))
 
     def clone(self) -> Packet:
-        return replace(self, ct_status=set(self.ct_status))
+        return replace(self, ct_status=set(self.ct_status), random_ports=set(self.random_ports))
 
     @property
     def has_ports(self) -> bool:

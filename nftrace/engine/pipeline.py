@@ -83,6 +83,10 @@ class Engine:
         self.ipsets = ipsets
         self.backend = backend
         self.options = options or WalkOptions()
+        # Connection tracking runs in a network namespace only once a rule needs it
+        # (a NAT target, -m conntrack/state/connmark, CT, CONNMARK ...).  Without it
+        # there is no connection: nat chains are never traversed.
+        self.conntrack_active = ruleset_needs_conntrack(ruleset)
 
     # ------------------------------------------------------------------ public
     def trace(self, pkt: Packet, origin: str) -> Trace:
@@ -208,7 +212,7 @@ class Engine:
         return current
 
     def _after_table(self, b: Branch, env: Env, table: str, hook: str) -> None:
-        if table == "raw" and hook in ("PREROUTING", "OUTPUT"):
+        if table == "raw" and hook in ("PREROUTING", "OUTPUT") and self.conntrack_active:
             # nf_conntrack_in runs right after raw (priority -200)
             if not any(s.get("kind") == "conntrack" for s in b.steps):
                 b.steps.append({"kind": "conntrack", "state": b.pkt.ct_state})
@@ -230,12 +234,15 @@ class Engine:
         return {"hook": hook, "table": table, "chain": hook, "rule": None, "policy": True}
 
     def _result(self, b: Branch, verdict: str, disposition: str, at: dict[str, Any] | None) -> dict[str, Any]:
+        packet = b.pkt.summary()
+        if b.pkt.random_ports:
+            packet["random_ports"] = sorted(b.pkt.random_ports)
         return {
             "verdict": verdict,
             "disposition": disposition,
             "oif": b.pkt.oif if disposition in ("forwarded", "output") else None,
             "at": at,
-            "packet": b.pkt.summary(),
+            "packet": packet,
         }
 
     # ------------------------------------------------------------------ mangle OUTPUT + reroute
@@ -260,7 +267,7 @@ class Engine:
         manip = NAT_MANIP[hook]
         pkt = b.pkt
         done = pkt.nat_dst_done if manip == "dst" else pkt.nat_src_done
-        if pkt.untracked or pkt.ct_state not in ("NEW",) or done:
+        if pkt.untracked or pkt.ct_state not in ("NEW",) or done or not self.conntrack_active:
             return [b]
         table = self.ruleset.tables.get("nat")
         out: list[Branch] = []
@@ -329,6 +336,7 @@ class Engine:
                     f"{kind} to an address range {req.addr_lo}-{req.addr_hi}: the kernel picks one by a hash "
                     f"of the addresses; {req.addr_lo} assumed"
                 )
+        random_port = req.random and pkt.has_ports
         if req.port_lo is not None and pkt.has_ports and cur_port is not None:
             if req.port_lo <= cur_port <= (req.port_hi or req.port_lo) and (req.port_hi or req.port_lo) != req.port_lo:
                 new_port = cur_port  # already in range: kept (when the tuple is unique)
@@ -347,7 +355,16 @@ class Engine:
             if new_port is not None:
                 pkt.sport = new_port
         after = pkt.endpoint("dst" if manip == "dst" else "src")
-        if after != before:
+        if random_port:
+            which = "dport" if manip == "dst" else "sport"
+            pkt.random_ports.add(which)
+            after_step = {"kind": "nat", "type": kind, "hook": hook, "before": before, "after": after,
+                          "random_port": which,
+                          "note": f"{'--random' if kind != 'MASQUERADE' else '--random/--random-fully'}: "
+                                  f"the kernel picks the {'source' if manip == 'src' else 'destination'} port at random"}  # fmt: skip
+            pkt.ct_status.add("DNAT" if manip == "dst" else "SNAT")
+            b.steps.append(after_step)
+        elif after != before:
             pkt.ct_status.add("DNAT" if manip == "dst" else "SNAT")
             b.steps.append({"kind": "nat", "type": kind, "hook": hook, "before": before, "after": after})
         else:
@@ -377,6 +394,13 @@ class Engine:
 
     def _route_in(self, b: Branch) -> Branch:
         pkt = b.pkt
+        if pkt.iif == "lo" and any(s.get("kind") == "loopback" for s in b.steps):
+            # A looped-back packet keeps the route chosen on output (the skb's dst is
+            # still attached): no input route lookup, no martian or rp_filter checks.
+            b.steps.append({"kind": "route", "result": "local", "type": "local", "oif": None, "via": None,
+                            "table": None, "reason": "looped back: the output route (local) is kept"})  # fmt: skip
+            b.stage = "input"
+            return b
         r = self.fib.route_input(pkt.dst, pkt.src, pkt.iif or "lo", pkt.mark, tos=pkt.tos, proto=pkt.proto,
                                  sport=pkt.sport, dport=pkt.dport)  # fmt: skip
         if r.type in ("local", "broadcast", "multicast"):
@@ -402,7 +426,16 @@ class Engine:
 
     def _route_out(self, b: Branch) -> Branch:
         pkt = b.pkt
-        r = self.fib.route_output(pkt.dst, pkt.src or None, pkt.oif, pkt.mark, tos=pkt.tos, proto=pkt.proto,
+        src: str | None = pkt.src or None
+        if src is not None and not self.fib.is_local(src) and not ipaddress.ip_address(src).is_loopback:
+            # A socket cannot bind a foreign address (EINVAL) unless IP_FREEBIND/IP_TRANSPARENT;
+            # a raw socket writing its own header can, and is routed by destination only.
+            b.warnings.append(
+                f"source {src} is not an address of this host: only a raw socket (or IP_FREEBIND/"
+                "IP_TRANSPARENT) sends that; routed by destination as the kernel does for raw sockets"
+            )
+            src = None
+        r = self.fib.route_output(pkt.dst, src, pkt.oif, pkt.mark, tos=pkt.tos, proto=pkt.proto,
                                   sport=pkt.sport, dport=pkt.dport)  # fmt: skip
         if r.type in ("unicast", "local", "broadcast", "multicast"):
             if not pkt.src:
@@ -425,8 +458,9 @@ class Engine:
 
     def _reroute_local(self, b: Branch, why: str) -> None:
         pkt = b.pkt
+        # ip_route_me_harder: the packet's source is kept (FLOWI_FLAG_ANYSRC) for policy routing
         r = self.fib.route_output(pkt.dst, pkt.src, None, pkt.mark, tos=pkt.tos, proto=pkt.proto,
-                                  sport=pkt.sport, dport=pkt.dport)  # fmt: skip
+                                  sport=pkt.sport, dport=pkt.dport, anysrc=True)  # fmt: skip
         if r.type in ("unicast", "local", "broadcast", "multicast"):
             pkt.oif = r.oif
             b.steps.append(self._route_step(r, "reroute", {"why": why}))
@@ -450,6 +484,24 @@ class Engine:
 
     def _is_local_dst(self, addr: str) -> bool:
         return self.fib.is_local(addr) or ipaddress.ip_address(addr).is_loopback
+
+
+_CT_TARGETS = frozenset(
+    {"DNAT", "SNAT", "MASQUERADE", "REDIRECT", "NETMAP", "CT", "NOTRACK", "CONNMARK", "CONNSECMARK"}
+)
+_CT_EXTS = ("-m conntrack", "-m state", "-m connmark", "-m connbytes", "-m connlimit", "-m connlabel", "-m helper")
+
+
+def ruleset_needs_conntrack(rs: Ruleset) -> bool:
+    """Whether any rule makes the kernel enable connection tracking in its namespace."""
+    for t in rs.tables.values():
+        for c in t.chains.values():
+            for r in c.rules:
+                if r.target is not None and r.target.name in _CT_TARGETS:
+                    return True
+                if any(e in r.text for e in _CT_EXTS):
+                    return True
+    return False
 
 
 def _full(pkt: Packet) -> int:
