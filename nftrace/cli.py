@@ -4,7 +4,6 @@ only inside the commands that need them, so `nftrace explain` starts fast."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ from nftrace.errors import InputError, NftraceError, UsageError
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {message}")
+        raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
 def _read(path: str, what: str) -> str:
@@ -64,17 +63,26 @@ def add_packet_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ttl", type=int)
 
 
+COMMANDS = ("explain", "snapshot", "services", "diff", "live", "tui")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """Each command lives in nftrace/commands/<name>.py with register(sub) and run(args).
+
+    Command modules import their heavy dependencies (textual, scapy, pyroute2)
+    inside run(), so building the parser stays cheap."""
+    import importlib
+
     p = _Parser(prog="nftrace", description="What does this host's netfilter do to this packet, and why?")
     sub = p.add_subparsers(dest="cmd", parser_class=_Parser)
-    e = sub.add_parser("explain", help="trace one packet (or a batch) through the rules")
-    add_input_args(e)
-    add_packet_args(e)
-    e.add_argument("--format", "-f", choices=("text", "json"), default="text")
-    e.add_argument("--all-rules", action="store_true", help="also show rules that did not match, and why")
-    e.add_argument("--batch", metavar="FILE", help="one JSON packet per line; one trace JSON per line out")
-    e.add_argument("--max-branches", type=int, default=256, help="bound on forks (chance/unknown matches)")
-    e.add_argument("--color", choices=("auto", "always", "never"), default="auto")
+    for name in COMMANDS:
+        try:
+            mod = importlib.import_module(f"nftrace.commands.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"nftrace.commands.{name}":
+                continue
+            raise
+        mod.register(sub)
     return p
 
 
@@ -159,46 +167,6 @@ def _color(args: argparse.Namespace, stream: TextIO) -> bool:
     return stream.isatty()
 
 
-def cmd_explain(args: argparse.Namespace) -> int:
-    from nftrace.engine.packet import packet_from_dict
-    from nftrace.engine.pipeline import SCHEMA, Engine
-    from nftrace.engine.walker import WalkOptions
-
-    rs, host, ipsets = load_inputs(args)
-    engine = Engine(rs, host, ipsets, backend=args.backend,
-                    options=WalkOptions(all_rules=args.all_rules, max_branches=args.max_branches))  # fmt: skip
-    if args.batch:
-        src = _read(args.batch, "batch file")
-        out = sys.stdout
-        for n, line in enumerate(src.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                try:
-                    d = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise InputError(f"not JSON: {e.msg}", file=args.batch, line=n) from None
-                if not isinstance(d, dict):
-                    raise InputError("each line must be a JSON object", file=args.batch, line=n)
-                pkt, origin = packet_from_dict(d, file=args.batch)
-                doc = engine.trace(pkt, origin).to_json()
-            except NftraceError as e:
-                doc = {"schema": SCHEMA, "error": e.one_line().removeprefix("nftrace: "), "line": n}
-            out.write(json.dumps(doc) + "\n")
-        return 0
-    d = packet_dict(args)
-    pkt, origin = packet_from_dict(d)
-    tr = engine.trace(pkt, origin)
-    doc = tr.to_json()
-    if args.format == "json":
-        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
-    else:
-        from nftrace.present.text import render_trace
-
-        sys.stdout.write(render_trace(doc, color=_color(args, sys.stdout)) + "\n")
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -206,9 +174,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd is None:
             parser.print_help()
             return 2
-        if args.cmd == "explain":
-            return cmd_explain(args)
-        raise UsageError(f"unknown command {args.cmd}")
+        import importlib
+
+        mod = importlib.import_module(f"nftrace.commands.{args.cmd}")
+        status: int = mod.run(args)
+        return status
     except NftraceError as e:
         sys.stderr.write(e.one_line() + "\n")
         return e.exit_status

@@ -285,7 +285,8 @@ class Fib:
         for fam in ("ipv4", "ipv6"):
             version = 4 if fam == "ipv4" else 6
             routes = [r for r in ctx.routes if r.family == fam]
-            has_addr = any(ipaddress.ip_interface(a).version == version for lk in ctx.links for a in lk.addresses)
+            addrs = [a for lk in ctx.links for a in lk.addresses]
+            has_addr = any(ipaddress.ip_interface(a).version == version for a in addrs)
             if has_addr and not any(r.table == "local" for r in routes):
                 # Without table local, addrtype and local delivery cannot work: take what the
                 # kernel installs for the links' addresses.
@@ -490,10 +491,9 @@ class Fib:
                 i += 1
                 continue
             if r.action == "goto":
-                j = next(
-                    (k for k in range(i + 1, len(rules)) if rules[k].rule.priority == r.goto and r.goto > r.priority),
-                    None,
-                )
+                # the target is the first rule of exactly that priority, always after this one
+                target = r.goto if r.goto is not None and r.goto > r.priority else None
+                j = next((k for k in range(i + 1, len(rules)) if rules[k].rule.priority == target), None)
                 if j is None:
                     steps.append(f"rule {r.priority}: goto {r.goto} unresolved, skipped")
                     i += 1
@@ -524,7 +524,8 @@ class Fib:
             if r.suppress_prefixlength is not None and hit.entry.prefixlen <= r.suppress_prefixlength:
                 steps.append(
                     f"rule {r.priority}: table {r.table}: {route.dst} suppressed "
-                    f"(prefix length {hit.entry.prefixlen} <= suppress_prefixlength {r.suppress_prefixlength})"
+                    f"(prefix length {hit.entry.prefixlen} <= "
+                    f"suppress_prefixlength {r.suppress_prefixlength})"
                 )
                 i += 1
                 continue
@@ -584,7 +585,8 @@ class Fib:
 
     def _fail(self, type: str, error: str, reason: str, notes: list[str] | None = None) -> RouteResult:
         notes = list(notes or [])
-        return RouteResult(type, None, None, None, None, None, None, "; ".join([reason, *notes]), error, notes)
+        text = "; ".join([reason, *notes])
+        return RouteResult(type, None, None, None, None, None, None, text, error, notes)
 
     # ------------------------------------------------------------------ helpers on addresses
 
@@ -638,8 +640,19 @@ class Fib:
         notes: list[str] = []
         if uid is None and any(rc.rule.uidrange for rc in self._rules[fam]):
             notes.append("uid unknown, assumed 0")
-        flow = _Flow(fam, int(d), s, iif or "lo", oif, mark, tos, _proto_number(proto), sport or 0, dport or 0,
-                     uid or 0)  # fmt: skip
+        flow = _Flow(
+            fam,
+            int(d),
+            s,
+            iif or "lo",
+            oif,
+            mark,
+            tos,
+            _proto_number(proto),
+            sport or 0,
+            dport or 0,
+            uid or 0,
+        )
         out = self._fib_lookup(flow)
         prefsrc = None
         if out.route is not None and out.error is None:
@@ -676,7 +689,7 @@ class Fib:
         return hit.entry.route.type.upper()
 
     def addr_types(self, addr: str, dev: str | None = None) -> frozenset[str]:
-        """Every addrtype the address has: for IPv6 the kernel tests flags, so a local address is also UNICAST."""
+        """Every addrtype of the address: IPv6 tests flags, so a local address is also UNICAST there."""
         t = self.addr_type(addr, dev)
         if ":" in addr and t == "LOCAL":
             return frozenset({"LOCAL", "UNICAST"})
@@ -722,7 +735,7 @@ class Fib:
                     continue
                 if min(_SCOPE_VALUE[info.scope], localnet) > want:
                     continue
-                if target is None or (target & int(info.network.netmask)) == int(info.network.network_address):
+                if target is None or ipaddress.IPv4Address(target) in info.network:
                     return str(info.local)
                 if first is None:
                     first = str(info.local)
@@ -736,7 +749,7 @@ class Fib:
         return None
 
     def _select_source6(self, oif: str | None, toward: str | None) -> str | None:
-        """ipv6_dev_get_saddr(), reduced to RFC 6724 rules 1 (same address), 2 (scope), 5 (oif), 8 (prefix)."""
+        """ipv6_dev_get_saddr() reduced to RFC 6724 rules 1 (same address), 2 (scope), 5 (oif), 8 (prefix)."""
         dst = ipaddress.IPv6Address(toward) if toward else ipaddress.IPv6Address("::")
         dscope = _v6_scope(dst)
         oif_only = dst.is_multicast or dscope <= 2
@@ -797,6 +810,7 @@ class Fib:
         def martian(what: str, why: str) -> RouteResult:
             return self._fail("martian", "EINVAL", f"martian {what}: {why}", notes)
 
+        flow = _Flow("ipv4", dn, sn, iif, None, mark, tos, _proto_number(proto), sport or 0, dport or 0, 0)
         if d in _MCAST4:
             if s in _MCAST4 or sn == _LBCAST:
                 return martian("source", f"{src} is a multicast or limited-broadcast address")
@@ -806,20 +820,20 @@ class Fib:
                 if d not in _LOCAL_MCAST4 and _proto_number(proto) != 2:
                     return martian("source", f"{src} is 0.0.0.0 and {dst} is not link-local multicast")
             else:
-                mflow = _Flow("ipv4", 0, sn, iif, None, mark, tos, _proto_number(proto), sport or 0, dport or 0, 0)
+                mflow = dataclasses.replace(flow, dst=0)
                 bad = self._validate_source(mflow, iif, None, notes)
                 if bad is not None:
                     return bad
             if dn == _ALL_HOSTS:
                 reason = f"multicast {dst}: all-hosts group, delivered locally"
             else:
-                reason = f"multicast {dst}: delivered locally only if a local socket joined the group (assumed)"
+                reason = f"multicast {dst}: delivered locally if a local socket joined the group (assumed)"
                 notes.append("multicast group membership unknown, assumed joined")
-            return RouteResult("multicast", None, "lo", None, None, None, None, "; ".join([reason, *notes]),
-                               None, notes)  # fmt: skip
+            return RouteResult(
+                "multicast", None, "lo", None, None, None, None, "; ".join([reason, *notes]), None, notes
+            )
         if s in _MCAST4 or sn == _LBCAST:
             return martian("source", f"{src} is a multicast or limited-broadcast address")
-        flow = _Flow("ipv4", dn, sn, iif, None, mark, tos, _proto_number(proto), sport or 0, dport or 0, 0)
         if dn == _LBCAST or (sn == 0 and dn == 0):
             return self._broadcast_input(flow, dst, src, iif, None, notes)
         # ipv4_is_zeronet() is 0.0.0.0 only since Linux 5.3 (0.0.0.0/8 became usable).
@@ -829,7 +843,7 @@ class Fib:
             return martian("destination", "0.0.0.0")
         if d in _LOOPBACK4:
             if not self._orconf(iif, "route_localnet"):
-                return martian("destination", f"{dst} is a loopback address and route_localnet is off on {iif}")
+                return martian("destination", f"{dst} is a loopback address (route_localnet off on {iif})")
         elif s in _LOOPBACK4 and not self._orconf(iif, "route_localnet"):
             return martian("source", f"{src} is a loopback address and route_localnet is off on {iif}")
 
@@ -840,9 +854,12 @@ class Fib:
         if out.error is not None:
             if not fwd:
                 return self._result(
-                    out, dst, error="EHOSTUNREACH", notes=notes,
+                    out,
+                    dst,
+                    error="EHOSTUNREACH",
+                    notes=notes,
                     lead=f"{fwd_key}=0: forwarding disabled, so no route answers EHOSTUNREACH",
-                )  # fmt: skip
+                )
             return self._result(out, dst, notes=notes)
         if out.type == "broadcast":
             return self._broadcast_input(flow, dst, src, iif, out, notes)
@@ -855,14 +872,22 @@ class Fib:
             notes.append("ip_forward unknown, assumed 1")
         if not fwd:
             return self._result(
-                out, dst, type="unreachable", error="EHOSTUNREACH", notes=notes,
+                out,
+                dst,
+                type="unreachable",
+                error="EHOSTUNREACH",
+                notes=notes,
                 lead=f"{fwd_key}=0: forwarding disabled, the kernel drops it before FORWARD (EHOSTUNREACH)",
-            )  # fmt: skip
+            )
         if out.type != "unicast":
             return self._result(
-                out, dst, type="martian", error="EINVAL", notes=notes,
+                out,
+                dst,
+                type="martian",
+                error="EINVAL",
+                notes=notes,
                 lead=f"martian destination: {dst} routes as {out.type}",
-            )  # fmt: skip
+            )
         out_dev = out.hop[1] if out.hop else None
         bad = self._validate_source(flow, iif, out_dev, notes)
         if bad is not None:
@@ -889,7 +914,13 @@ class Fib:
             return 0, False
         return max(a or 0, d or 0), True
 
-    def _validate_source(self, flow: _Flow, iif: str, oif: str | None, notes: list[str]) -> RouteResult | None:
+    def _validate_source(
+        self,
+        flow: _Flow,
+        iif: str,
+        oif: str | None,
+        notes: list[str],
+    ) -> RouteResult | None:
         """fib_validate_source(): None when the source is acceptable, else the martian/rpfilter result."""
         src = str(ipaddress.IPv4Address(flow.src))
         rpf, known = self._rp_filter(iif)
@@ -923,19 +954,23 @@ class Fib:
         )
         res = self._fib_lookup(rev, ignore_linkstate=False)
         mode = {1: "strict", 2: "loose"}.get(rpf, str(rpf))
+        back = self._outcome_text(res, src)
         if res.error is not None:
             if rpf:
                 return self._fail(
-                    "rpfilter", "EINVAL",
-                    f"rp_filter={rpf} ({mode}) on {iif}: no route back to {src} ({self._outcome_text(res, src)})",
+                    "rpfilter",
+                    "EINVAL",
+                    f"rp_filter={rpf} ({mode}) on {iif}: no route back to {src} ({back})",
                     notes,
-                )  # fmt: skip
+                )
             return None
         if res.type != "unicast" and not (res.type == "local" and accept_local):
             return self._fail(
-                "martian", "EINVAL", f"martian source: {src} routes as {res.type} ({self._outcome_text(res, src)})",
+                "martian",
+                "EINVAL",
+                f"martian source: {src} routes as {res.type} ({self._outcome_text(res, src)})",
                 notes,
-            )  # fmt: skip
+            )
         route = res.route
         devs = {d for _, d, _ in route.nexthops} if route is not None and route.nexthops else set()
         if route is not None and route.oif:
@@ -946,16 +981,18 @@ class Fib:
         no_addr = link is not None and not ipv4_addr_infos(link)
         if no_addr:
             if rpf:
-                return self._fail("rpfilter", "EINVAL", f"rp_filter={rpf} ({mode}): {iif} has no IPv4 address", notes)
+                why = f"rp_filter={rpf} ({mode}): {iif} has no IPv4 address"
+                return self._fail("rpfilter", "EINVAL", why, notes)
             return None
         if rpf == 1:
             back = ", ".join(sorted(d for d in devs if d)) or "another device"
             return self._fail(
-                "rpfilter", "EINVAL",
+                "rpfilter",
+                "EINVAL",
                 f"rp_filter=1 (strict) on {iif}: the route back to {src} leaves via {back}, not {iif} "
                 f"({self._outcome_text(res, src)})",
                 notes,
-            )  # fmt: skip
+            )
         return None
 
     def _route_input6(
@@ -978,12 +1015,32 @@ class Fib:
         if (d.is_loopback or s.is_loopback) and not is_lo:
             return self._fail("martian", "EINVAL", f"martian: ::1 on {iif} (not loopback)", notes)
         if d.is_multicast:
-            return RouteResult("multicast", None, "lo", None, None, None, None,
-                               f"multicast {dst}: delivered locally if a local socket joined the group", None,
-                               notes)  # fmt: skip
+            return RouteResult(
+                "multicast",
+                None,
+                "lo",
+                None,
+                None,
+                None,
+                None,
+                f"multicast {dst}: delivered locally if a local socket joined the group",
+                None,
+                notes,
+            )
         strict = d in _LINK_LOCAL6
-        flow = _Flow("ipv6", int(d), int(s), iif, iif if strict else None, mark, tos, _proto_number(proto),
-                     sport or 0, dport or 0, 0)  # fmt: skip
+        flow = _Flow(
+            "ipv6",
+            int(d),
+            int(s),
+            iif,
+            iif if strict else None,
+            mark,
+            tos,
+            _proto_number(proto),
+            sport or 0,
+            dport or 0,
+            0,
+        )
         out = self._fib_lookup(flow)
         if out.error is not None:
             return self._result(out, dst, notes=notes)
@@ -994,9 +1051,12 @@ class Fib:
             notes.append("net.ipv6.conf.all.forwarding unknown, assumed 1")
         if not fwd:
             return self._result(
-                out, dst, type="unreachable", notes=notes,
+                out,
+                dst,
+                type="unreachable",
+                notes=notes,
                 lead=f"{key}=0: ip6_forward drops it before FORWARD",
-            )  # fmt: skip
+            )
         return self._result(out, dst, notes=notes, lead="forward")
 
     # ------------------------------------------------------------------ output
@@ -1033,7 +1093,10 @@ class Fib:
             if ipaddress.IPv4Address(res.prefsrc) in _LOOPBACK4:
                 # __mkroute_output(): a loopback source may only leave through the loopback
                 return self._fail(
-                    "martian", "EINVAL", f"source {res.prefsrc} is a loopback address leaving via {res.oif}", notes
+                    "martian",
+                    "EINVAL",
+                    f"source {res.prefsrc} is a loopback address leaving via {res.oif}",
+                    notes,
                 )
         return res
 
@@ -1065,41 +1128,90 @@ class Fib:
                 if dev is None:
                     return self._fail("none", "ENETUNREACH", f"source {src} is not a local address", notes)
                 typ = "broadcast" if dn == _LBCAST else "multicast"
-                return RouteResult(typ, None, dev, None, src, None, None,
-                                   f"{typ} {dst} leaves via {dev}, the device of source {src}", None,
-                                   notes)  # fmt: skip
+                return RouteResult(
+                    typ,
+                    None,
+                    dev,
+                    None,
+                    src,
+                    None,
+                    None,
+                    f"{typ} {dst} leaves via {dev}, the device of source {src}",
+                    None,
+                    notes,
+                )
+            unless = "the kernel refuses it unless IP_FREEBIND/IP_TRANSPARENT"
             if not anysrc and self._local_dev4(sn) is None:
                 return self._fail(
-                    "none", "ENETUNREACH",
-                    f"source {src} is not a local address (the kernel refuses it unless IP_FREEBIND/IP_TRANSPARENT)",
+                    "none",
+                    "ENETUNREACH",
+                    f"source {src} is not a local address ({unless})",
                     notes,
-                )  # fmt: skip
+                )
         if oif is not None:
             if d in _LOCAL_MCAST4 or dn == _LBCAST or _proto_number(proto) == 2:
                 typ = "broadcast" if dn == _LBCAST else "multicast"
                 psrc = src or self.select_source(oif, None, "link", family="ipv4")
-                return RouteResult(typ, None, oif, None, psrc, None, None,
-                                   f"{typ} {dst} sent on the bound device {oif}", None, notes)  # fmt: skip
+                return RouteResult(
+                    typ,
+                    None,
+                    oif,
+                    None,
+                    psrc,
+                    None,
+                    None,
+                    f"{typ} {dst} sent on the bound device {oif}",
+                    None,
+                    notes,
+                )
         if dn == 0:
             a = src or "127.0.0.1"
-            return RouteResult("local", None, "lo", None, a, None, None,
-                               f"destination 0.0.0.0 means this host ({a}): local", None, notes)  # fmt: skip
-        flow = _Flow("ipv4", dn, sn, "lo", oif, mark, tos, _proto_number(proto), sport or 0, dport or 0, uid or 0)
+            return RouteResult(
+                "local",
+                None,
+                "lo",
+                None,
+                a,
+                None,
+                None,
+                f"destination 0.0.0.0 means this host ({a}): local",
+                None,
+                notes,
+            )
+        proto_n = _proto_number(proto)
+        flow = _Flow("ipv4", dn, sn, "lo", oif, mark, tos, proto_n, sport or 0, dport or 0, uid or 0)
         out = self._fib_lookup(flow)
         if out.error is not None:
             if oif is not None:
                 psrc = src or self.select_source(oif, None, "link", family="ipv4")
                 typ = "broadcast" if dn == _LBCAST else "multicast" if d in _MCAST4 else "unicast"
                 lead = f"{self._outcome_text(out, dst)}; bound to {oif}: the kernel assumes {dst} is on-link"
-                return RouteResult(typ, None, oif, None, psrc, None, out.rule, "; ".join([lead, *out.steps, *notes]),
-                                   None, notes)  # fmt: skip
+                return RouteResult(
+                    typ,
+                    None,
+                    oif,
+                    None,
+                    psrc,
+                    None,
+                    out.rule,
+                    "; ".join([lead, *out.steps, *notes]),
+                    None,
+                    notes,
+                )
             return self._result(out, dst, notes=notes)
         route = out.route
         assert route is not None
         if out.type == "local":
             psrc = src or route.prefsrc or dst
-            return self._result(out, dst, oif="lo", prefsrc=psrc, notes=notes, use_hop=False,
-                                lead="local destination: loopback, then INPUT")  # fmt: skip
+            return self._result(
+                out,
+                dst,
+                oif="lo",
+                prefsrc=psrc,
+                notes=notes,
+                use_hop=False,
+                lead="local destination: loopback, then INPUT",
+            )
         psrc = src or self._route_prefsrc(route, out.hop)
         typ = out.type
         if dn == _LBCAST:
@@ -1132,8 +1244,19 @@ class Fib:
             return self._fail("none", "ENODEV", f"no device {oif}", notes)
         if s is not None and not anysrc and not self._is_local6(int(s)):
             return self._fail("none", "EADDRNOTAVAIL", f"source {s} is not a local address", notes)
-        flow = _Flow("ipv6", int(d), int(s) if s else 0, "lo", oif, mark, tos, _proto_number(proto),
-                     sport or 0, dport or 0, uid)  # fmt: skip
+        flow = _Flow(
+            "ipv6",
+            int(d),
+            int(s) if s else 0,
+            "lo",
+            oif,
+            mark,
+            tos,
+            _proto_number(proto),
+            sport or 0,
+            dport or 0,
+            uid,
+        )
         out = self._fib_lookup(flow)
         if out.error is not None:
             return self._result(out, dst, notes=notes)
@@ -1141,8 +1264,15 @@ class Fib:
         assert route is not None
         if out.type == "local":
             psrc = str(s) if s else (route.prefsrc or dst)
-            return self._result(out, dst, oif="lo", prefsrc=psrc, notes=notes, use_hop=False,
-                                lead="local destination: loopback, then INPUT")  # fmt: skip
+            return self._result(
+                out,
+                dst,
+                oif="lo",
+                prefsrc=psrc,
+                notes=notes,
+                use_hop=False,
+                lead="local destination: loopback, then INPUT",
+            )
         dev = out.hop[1] if out.hop else None
         psrc6: str | None = str(s) if s else (route.prefsrc or self._select_source6(dev, dst))
         typ = "multicast" if d.is_multicast else out.type

@@ -47,9 +47,20 @@ __all__ = [
 ]
 
 ROUTE_TYPES = frozenset(
-    {"unicast", "local", "broadcast", "multicast", "anycast", "blackhole", "unreachable", "prohibit", "throw", "nat",
-     "xresolve"}
-)  # fmt: skip
+    {
+        "unicast",
+        "local",
+        "broadcast",
+        "multicast",
+        "anycast",
+        "blackhole",
+        "unreachable",
+        "prohibit",
+        "throw",
+        "nat",
+        "xresolve",
+    }
+)
 # Route types that, printed without a `table`, live in table local (see parse_routes).
 _LOCAL_TABLE_TYPES = frozenset({"local", "broadcast", "anycast"})
 
@@ -69,16 +80,67 @@ SCOPES: dict[str, str] = {
 
 # `ip route` keywords that take one value.
 _ROUTE_KV = frozenset(
-    {"via", "dev", "oif", "table", "proto", "protocol", "scope", "src", "metric", "preference", "pref", "expires",
-     "error", "tos", "dsfield", "nhid", "from", "weight", "realms", "realm", "mtu", "advmss", "rtt", "rttvar",
-     "reordering", "window", "cwnd", "initcwnd", "initrwnd", "ssthresh", "rto_min", "hoplimit", "features",
-     "quickack", "congctl", "fastopen_no_cookie", "ttl-propagate", "age", "users", "used", "ipid", "encap"}
-)  # fmt: skip
+    {
+        "via",
+        "dev",
+        "oif",
+        "table",
+        "proto",
+        "protocol",
+        "scope",
+        "src",
+        "metric",
+        "preference",
+        "pref",
+        "expires",
+        "error",
+        "tos",
+        "dsfield",
+        "nhid",
+        "from",
+        "weight",
+        "realms",
+        "realm",
+        "mtu",
+        "advmss",
+        "rtt",
+        "rttvar",
+        "reordering",
+        "window",
+        "cwnd",
+        "initcwnd",
+        "initrwnd",
+        "ssthresh",
+        "rto_min",
+        "hoplimit",
+        "features",
+        "quickack",
+        "congctl",
+        "fastopen_no_cookie",
+        "ttl-propagate",
+        "age",
+        "users",
+        "used",
+        "ipid",
+        "encap",
+    }
+)
 # `ip route` flags (no value).
 _ROUTE_FLAGS = frozenset(
-    {"onlink", "linkdown", "dead", "pervasive", "offload", "trap", "notify", "unresolved", "rt_offload", "rt_trap",
-     "rt_offload_failed"}
-)  # fmt: skip
+    {
+        "onlink",
+        "linkdown",
+        "dead",
+        "pervasive",
+        "offload",
+        "trap",
+        "notify",
+        "unresolved",
+        "rt_offload",
+        "rt_trap",
+        "rt_offload_failed",
+    }
+)
 _ROUTE_KEYWORDS = _ROUTE_KV | _ROUTE_FLAGS | ROUTE_TYPES | {"nexthop", "lock", "cache"}
 
 # Named dsfield values from iproute2's default /etc/iproute2/rt_dsfield.
@@ -91,11 +153,42 @@ _DSFIELD_NAMES: dict[str, int] = {
 }
 
 _RULE_ACTIONS = frozenset({"blackhole", "unreachable", "prohibit", "nop"})
-_RULE_KEYWORDS = frozenset(
-    {"not", "from", "to", "tos", "dsfield", "dscp", "fwmark", "iif", "oif", "l3mdev", "uidrange", "ipproto", "sport",
-     "dport", "tun_id", "protocol", "proto", "lookup", "table", "goto", "suppress_prefixlength", "suppress_prefixlen",
-     "suppress_ifgroup", "realms", "map-to", "flowlabel", "pref", "priority", "type"}
-) | _RULE_ACTIONS  # fmt: skip
+_RULE_KEYWORDS = (
+    frozenset(
+        {
+            "not",
+            "from",
+            "to",
+            "tos",
+            "dsfield",
+            "dscp",
+            "fwmark",
+            "iif",
+            "oif",
+            "l3mdev",
+            "uidrange",
+            "ipproto",
+            "sport",
+            "dport",
+            "tun_id",
+            "protocol",
+            "proto",
+            "lookup",
+            "table",
+            "goto",
+            "suppress_prefixlength",
+            "suppress_prefixlen",
+            "suppress_ifgroup",
+            "realms",
+            "map-to",
+            "flowlabel",
+            "pref",
+            "priority",
+            "type",
+        }
+    )
+    | _RULE_ACTIONS
+)
 
 _OPERSTATES = frozenset({"UP", "DOWN", "UNKNOWN", "LOWERLAYERDOWN", "DORMANT", "NOTPRESENT", "TESTING"})
 # Words that open an `ip -d link` line which is not the link kind.
@@ -132,7 +225,7 @@ _NOT_KIND = frozenset(
 
 
 def canonical_table(name: str | int) -> str:
-    """'main', 'local', 'default', '100' ... ; table names from rt_tables other than those stay as they are."""
+    """'main', 'local', 'default', '100' ...; other names (from rt_tables) stay as they are."""
     if isinstance(name, int):
         return table_name(name)
     name = name.strip()
@@ -524,7 +617,7 @@ def _routes_from_json(text: str, filename: str) -> list[_RouteDraft]:
 
 
 def parse_addrs(text: str, filename: str, *, family: Family = "ipv4") -> list[Link]:
-    """Links and their addresses from `ip addr` (also `-d`, `-4`, `-6`, `-o`, `-br`) text or `ip -j addr` JSON.
+    """Links and addresses from `ip addr` (also `-d`, `-4`, `-6`, `-o`, `-br`) text or `ip -j addr` JSON.
 
     `family` is accepted for symmetry with the other parsers; addresses always say their family.
     """
@@ -746,10 +839,12 @@ def parse_ip_rules(text: str, filename: str, *, family: Family = "ipv4") -> list
     out: list[IpRule] = []
     other: Family = "ipv6" if family == "ipv4" else "ipv4"
     for n, section in enumerate(sections):
-        fam = next((d.family_hint for d in section if d.family_hint), None) or (family if n % 2 == 0 else other)
+        hint = next((d.family_hint for d in section if d.family_hint), None)
+        fam = hint or (family if n % 2 == 0 else other)
         for d in section:
             if d.family_hint and d.family_hint != fam:
-                raise InputError("rule mixes IPv4 and IPv6 addresses with its listing", file=filename, line=d.line)
+                why = "rule mixes IPv4 and IPv6 addresses with its listing"
+                raise InputError(why, file=filename, line=d.line)
             d.rule.family = fam
             out.append(d.rule)
     return out
@@ -872,7 +967,8 @@ def _parse_rule_tokens(prio: int, toks: list[str], filename: str, lineno: int) -
             if i < n and toks[i] not in _RULE_KEYWORDS and not toks[i].startswith("["):
                 i += 1
     if not have_action and not r.l3mdev:
-        raise InputError("ip rule without an action (lookup/goto/nop/blackhole/...)", file=filename, line=lineno)
+        why = "ip rule without an action (lookup/goto/nop/blackhole/...)"
+        raise InputError(why, file=filename, line=lineno)
     return d
 
 
@@ -934,7 +1030,8 @@ def _rules_from_json(text: str, filename: str) -> list[list[_RuleDraft]]:
             if action is not None:
                 r.action = action
             if obj.get("suppress_prefixlen") is not None:
-                r.suppress_prefixlength = _int(obj["suppress_prefixlen"], filename, None, "suppress_prefixlen")
+                spl = obj["suppress_prefixlen"]
+                r.suppress_prefixlength = _int(spl, filename, None, "suppress_prefixlen")
             if obj.get("suppress_ifgroup") is not None:
                 r.suppress_ifgroup = _int(obj["suppress_ifgroup"], filename, None, "suppress_ifgroup")
             drafts.append(d)
@@ -964,7 +1061,8 @@ def parse_sysctls(items: list[str], filename: str | None = None) -> dict[str, st
             key, sep, val = line.partition("=")
             key = key.strip()
             if not sep or not key or any(c.isspace() for c in key):
-                raise InputError(f"bad sysctl line (expected key = value): {line[:60]!r}", file=filename, line=lineno)
+                why = f"bad sysctl line (expected key = value): {line[:60]!r}"
+                raise InputError(why, file=filename, line=lineno)
             if key.startswith("/proc/sys/"):
                 key = key[len("/proc/sys/") :]
             out[key.replace("/", ".")] = " ".join(val.split())
@@ -1016,7 +1114,7 @@ _LINK_LOCAL6 = ipaddress.IPv6Network("fe80::/10")
 
 
 def derive_routes(links: list[Link]) -> list[Route]:
-    """The routes the kernel installs by itself for the links' addresses (as `ip route show table all` lists them).
+    """The routes the kernel installs by itself for the links' addresses (as `ip route show table all` shows).
 
     IPv4 (fib_add_ifaddr), checked against a 6.x kernel:
       * `local A dev D table local scope host src P` for every address, also on a link that is down
@@ -1127,7 +1225,15 @@ def derive_routes(links: list[Link]) -> list[Route]:
                 )
             )
         if has_ll and not is_lo:
-            main6.append(Route(table="main", dst="fe80::/64", oif=link.name, metric=256, proto="kernel", family="ipv6"))
+            ll = Route(
+                table="main",
+                dst="fe80::/64",
+                oif=link.name,
+                metric=256,
+                proto="kernel",
+                family="ipv6",
+            )
+            main6.append(ll)
             local6.append(
                 Route(
                     table="local",
@@ -1164,7 +1270,8 @@ def _links_from_routes(routes: list[Route]) -> list[Link]:
     """Links and addresses implied by routes, for when no `ip addr` output was given.
 
     Every device a route names becomes a link; every `local A` route of table local on it
-    becomes an address, with the prefix length of the kernel's connected route `N/P dev D src A`.
+    becomes an address, with the prefix length of the connected route on that device that
+    holds A (the one whose `src` is A first), else /32 (/128).
     """
     links: dict[str, Link] = {}
 
@@ -1173,24 +1280,26 @@ def _links_from_routes(routes: list[Route]) -> list[Link]:
             links[name] = Link(index=len(links) + 1, name=name, kind="loopback" if name == "lo" else None)
         return links[name]
 
-    prefix_of: dict[tuple[str, str], int] = {}
+    connected: list[Route] = []
     for r in routes:
         if r.oif is not None:
             link(r.oif)
         for _, dev, _ in r.nexthops:
             if dev is not None:
                 link(dev)
-        if r.type == "unicast" and r.scope == "link" and r.prefsrc and r.oif and r.dst != "default":
-            prefix_of.setdefault((r.oif, r.prefsrc), r.network().prefixlen)
+        if r.type == "unicast" and r.gateway is None and not r.nexthops and r.oif and r.dst != "default":
+            connected.append(r)
     for r in routes:
         if r.type != "local" or r.table != "local" or r.oif is None or r.dst == "default":
             continue
         net = r.network()
         if net.prefixlen != net.max_prefixlen:
             continue
-        addr = str(net.network_address)
-        plen = prefix_of.get((r.oif, addr), net.max_prefixlen)
-        if r.oif == "lo" and addr == "127.0.0.1":
+        addr = net.network_address
+        holders = [c for c in connected if c.oif == r.oif and c.family == r.family and addr in c.network()]
+        holders.sort(key=lambda c: (c.prefsrc != str(addr), -c.network().prefixlen))
+        plen = holders[0].network().prefixlen if holders else net.max_prefixlen
+        if r.oif == "lo" and str(addr) == "127.0.0.1":
             plen = 8
         cidr = f"{addr}/{plen}"
         if cidr not in link(r.oif).addresses:

@@ -1,0 +1,1 @@
+"""One module per `nftrace` sub-command: register(subparsers) and run(args) -> exit status."""
