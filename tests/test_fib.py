@@ -18,6 +18,7 @@ import random
 import secrets
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -186,7 +187,8 @@ def kernel_route_get(node: Netns, args: list[str], v6: bool = False) -> Answer:
 def ours(res: RouteResult) -> Answer:
     if res.error is not None:
         return Answer(error=res.error)
-    return Answer(type=res.type, dev=res.oif, gateway=res.gateway, prefsrc=res.prefsrc, table=res.table or "main")
+    table = res.table or "main"
+    return Answer(type=res.type, dev=res.oif, gateway=res.gateway, prefsrc=res.prefsrc, table=table)
 
 
 def differs(k: Answer, o: Answer, res: RouteResult, *, check_src: bool) -> str | None:
@@ -226,7 +228,9 @@ class Tally:
         o = ours(res)
         d = differs(k, o, res, check_src=check_src)
         if d is not None:
-            self.failures.append(f"{what}\n    kernel:  {k}\n    nftrace: {o} ({d} differs)\n    why: {res.reason}")
+            self.failures.append(
+                f"{what}\n    kernel:  {k}\n    nftrace: {o} ({d} differs)\n    why: {res.reason}",
+            )
 
     def assert_ok(self, minimum: int) -> None:
         assert self.checked >= minimum, f"only {self.checked} probes checked"
@@ -345,7 +349,27 @@ route add blackhole 10.99.0.0/16
 """
 
 
+def wait_for_dad(node: Netns, timeout: float = 10.0) -> None:
+    """Until no address of a link with carrier is tentative (IPv6 duplicate address detection, ~1-2 s).
+
+    Routes of tentative addresses appear only once DAD is done; reading the host before would race.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        busy = [
+            lk["ifname"]
+            for lk in json.loads(node.ip("-j", "addr").stdout)
+            if lk.get("operstate") in ("UP", "UNKNOWN") and any(a.get("tentative") for a in lk.get("addr_info", []))
+        ]
+        if not busy:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"addresses still tentative after {timeout}s")
+
+
 def build(node: Netns, peer: Netns, script: str, sysctls: tuple[str, ...]) -> None:
+    # no duplicate address detection: link-local addresses (and their routes) appear at once
+    node.sysctl("net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
     node.script(script.format(peer=peer.name))
     for ln in peer.ip("-o", "link").stdout.splitlines():
         name = ln.split(":")[1].strip().split("@")[0]
@@ -353,6 +377,7 @@ def build(node: Netns, peer: Netns, script: str, sysctls: tuple[str, ...]) -> No
             peer.ip("link", "set", name, "up")
     if sysctls:
         node.sysctl(*sysctls)
+    wait_for_dad(node)
 
 
 @pytest.fixture(scope="module")
@@ -371,11 +396,39 @@ def plain_host() -> Iterator[tuple[Netns, HostContext]]:
 
 MARKS = (0, 0x1, 0x101, 0x2, 0x4, 0x8, 0x200, 0x300, 0x201, 0xFF01, 0x10)
 SPECIAL_DSTS = (
-    "1.1.1.1", "1.1.2.2", "1.1.3.3", "4.4.4.4", "5.5.5.5", "6.6.6.6", "7.7.7.7", "7.8.8.8", "8.8.8.8",
-    "8.8.4.4", "9.9.9.9", "9.1.1.1", "10.12.3.4", "10.99.1.1", "192.168.50.10", "192.168.50.11",
-    "192.168.50.255", "10.20.255.255", "10.255.255.1", "127.0.0.1", "127.1.2.3", "10.40.0.1", "10.40.0.7",
-    "100.64.0.2", "100.64.0.1", "255.255.255.255", "224.0.0.1", "10.244.0.255", "172.16.1.3",
-)  # fmt: skip
+    "1.1.1.1",
+    "1.1.2.2",
+    "1.1.3.3",
+    "4.4.4.4",
+    "5.5.5.5",
+    "6.6.6.6",
+    "7.7.7.7",
+    "7.8.8.8",
+    "8.8.8.8",
+    "8.8.4.4",
+    "9.9.9.9",
+    "9.1.1.1",
+    "10.12.3.4",
+    "10.99.1.1",
+    "192.168.50.10",
+    "192.168.50.11",
+    "192.168.50.255",
+    "10.20.255.255",
+    "10.255.255.1",
+    "127.0.0.1",
+    "127.1.2.3",
+    "10.40.0.1",
+    "10.40.0.7",
+    "100.64.0.2",
+    "100.64.0.1",
+    "255.255.255.255",
+    "224.0.0.1",
+    "10.244.0.255",
+    "172.16.1.3",
+    "0.1.2.3",
+    "224.0.0.251",
+    "239.1.2.3",
+)
 
 
 def dst_pool(ctx: HostContext, rng: random.Random) -> list[str]:
@@ -404,7 +457,7 @@ def test_output_matches_kernel(policy_host: tuple[Netns, HostContext]) -> None:
         src = rng.choice(srcs) if rng.random() < 0.3 else None
         if src is None and rng.random() < 0.03:
             src = "203.0.113.7"  # not local: the kernel refuses it
-        oif = rng.choice(["eth0", "eth1", "eth2", "br0"]) if rng.random() < 0.2 else None
+        oif = rng.choice(["eth0", "eth1", "eth2", "eth3", "br0", "lo"]) if rng.random() < 0.2 else None
         mark = rng.choice(MARKS)
         uid = rng.choice([0, 5, 1000, 1500, 2000, 2001]) if rng.random() < 0.2 else None
         tcp = rng.random() < 0.2
@@ -424,13 +477,15 @@ def test_output_matches_kernel(policy_host: tuple[Netns, HostContext]) -> None:
         if tos:
             args += ["tos", hex(tos)]
         k = kernel_route_get(node, args)
-        res = fib.route_output(dst, src=src, oif=oif, mark=mark, tos=tos, proto="tcp" if tcp else None,
-                               dport=dport, uid=uid)  # fmt: skip
+        res = fib.route_output(
+            dst, src=src, oif=oif, mark=mark, tos=tos, proto="tcp" if tcp else None, dport=dport, uid=uid
+        )
         t.check("ip route get " + " ".join(args), k, res, check_src=src is None)  # with `from`, no src shown
         # A plain fib_lookup gives the same answer when nothing output-specific is involved.
         special = ipaddress.IPv4Address(dst).is_multicast or dst in ("255.255.255.255", "0.0.0.0")
         if oif is None and not special and (src is None or (src in srcs and not src.startswith("127."))):
-            lk = fib.lookup(dst, src=src, mark=mark, tos=tos, proto="tcp" if tcp else None, dport=dport, uid=uid)
+            proto = "tcp" if tcp else None
+            lk = fib.lookup(dst, src=src, mark=mark, tos=tos, proto=proto, dport=dport, uid=uid)
             if res.type == "local":
                 lk.oif = "lo"  # the output path sends local destinations to the loopback
             lk.prefsrc = res.prefsrc if lk.type == "local" else lk.prefsrc
@@ -446,15 +501,40 @@ def test_input_matches_kernel(policy_host: tuple[Netns, HostContext]) -> None:
     rng = random.Random(t.seed)
     dsts = [d for d in dst_pool(ctx, rng) if not ipaddress.IPv4Address(d).is_multicast or d == "224.0.0.1"]
     srcs = [
-        "192.168.50.77", "192.168.50.1", "172.16.1.2", "10.20.3.4", "10.244.0.9", "10.244.2.5", "100.64.0.2",
-        "10.30.0.9", "8.8.4.4", "9.9.9.9", "1.2.3.4", "10.99.0.1", "10.98.0.1", "10.97.0.1", "10.12.0.1",
-        "192.168.50.10", "10.255.255.1", "127.0.0.1", "0.0.0.0", "224.0.0.9", "192.168.50.255",
-        "10.96.1.1", "10.55.0.3", "10.40.0.2", "10.50.1.1",
-    ]  # fmt: skip
-    for _ in range(320):
+        "192.168.50.77",
+        "192.168.50.1",
+        "172.16.1.2",
+        "10.20.3.4",
+        "10.244.0.9",
+        "10.244.2.5",
+        "100.64.0.2",
+        "10.30.0.9",
+        "8.8.4.4",
+        "9.9.9.9",
+        "1.2.3.4",
+        "10.99.0.1",
+        "10.98.0.1",
+        "10.97.0.1",
+        "10.12.0.1",
+        "192.168.50.10",
+        "10.255.255.1",
+        "127.0.0.1",
+        "0.0.0.0",
+        "224.0.0.9",
+        "192.168.50.255",
+        "10.96.1.1",
+        "10.55.0.3",
+        "10.40.0.2",
+        "10.50.1.1",
+        "0.1.2.3",
+        "10.244.0.255",
+        "10.40.0.1",
+    ]
+
+    def probe(fib: Fib, tag: str) -> None:
         dst = rng.choice(dsts)
         src = rng.choice(srcs)
-        iif = rng.choice(["eth0", "eth1", "eth2", "br0"])
+        iif = rng.choice(["eth0", "eth1", "eth2", "eth3", "br0"])
         mark = rng.choice(MARKS)
         tcp = rng.random() < 0.2
         dport = rng.choice([80, 8000, 8080, 8999, 9000]) if tcp else None
@@ -468,8 +548,19 @@ def test_input_matches_kernel(policy_host: tuple[Netns, HostContext]) -> None:
             args += ["tos", hex(tos)]
         k = kernel_route_get(node, args)
         res = fib.route_input(dst, src, iif, mark=mark, tos=tos, proto="tcp" if tcp else None, dport=dport)
-        t.check("ip route get " + " ".join(args), k, res, check_src=False)
-    t.assert_ok(200)
+        t.check(f"{tag}ip route get " + " ".join(args), k, res, check_src=False)
+
+    for _ in range(320):
+        probe(fib, "")
+    # The reverse-path lookup uses the packet's mark only with src_valid_mark=1.
+    node.sysctl("net.ipv4.conf.all.src_valid_mark=1")
+    try:
+        marked = Fib(capture(node))
+        for _ in range(80):
+            probe(marked, "[src_valid_mark=1] ")
+    finally:
+        node.sysctl("net.ipv4.conf.all.src_valid_mark=0")
+    t.assert_ok(300)
 
 
 @pytest.mark.kernel
@@ -478,19 +569,41 @@ def test_plain_host_source_checks(plain_host: tuple[Netns, HostContext]) -> None
     node, ctx = plain_host
     t = Tally(seed())
     rng = random.Random(t.seed)
-    srcs = ["192.168.50.1", "192.168.50.10", "172.16.1.7", "172.16.1.255", "10.1.2.3", "10.99.1.1",
-            "8.8.8.8", "127.0.0.1", "192.168.50.255"]  # fmt: skip
-    dsts = ["8.8.8.8", "10.1.1.1", "10.99.2.2", "192.168.50.10", "172.16.1.1", "172.16.1.255", "192.168.50.99",
-            "172.16.1.9", "127.0.0.1"]  # fmt: skip
+    srcs = [
+        "192.168.50.1",
+        "192.168.50.10",
+        "172.16.1.7",
+        "172.16.1.255",
+        "10.1.2.3",
+        "10.99.1.1",
+        "8.8.8.8",
+        "127.0.0.1",
+        "192.168.50.255",
+    ]
+    dsts = [
+        "8.8.8.8",
+        "10.1.1.1",
+        "10.99.2.2",
+        "192.168.50.10",
+        "172.16.1.1",
+        "172.16.1.255",
+        "192.168.50.99",
+        "172.16.1.9",
+        "127.0.0.1",
+    ]
     settings: list[tuple[str, ...]] = [
         (),
         ("net.ipv4.conf.eth0.rp_filter=1", "net.ipv4.conf.eth1.rp_filter=1"),
         ("net.ipv4.conf.all.rp_filter=2",),
-        ("net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.eth0.rp_filter=0", "net.ipv4.conf.eth1.rp_filter=0",
-         "net.ipv4.conf.eth1.accept_local=1"),
+        (
+            "net.ipv4.conf.all.rp_filter=0",
+            "net.ipv4.conf.eth0.rp_filter=0",
+            "net.ipv4.conf.eth1.rp_filter=0",
+            "net.ipv4.conf.eth1.accept_local=1",
+        ),
         ("net.ipv4.conf.eth1.accept_local=0", "net.ipv4.ip_forward=0"),
         ("net.ipv4.conf.eth1.forwarding=1",),
-    ]  # fmt: skip
+    ]
     for s in settings:
         if s:
             node.sysctl(*s)
@@ -499,7 +612,8 @@ def test_plain_host_source_checks(plain_host: tuple[Netns, HostContext]) -> None
             dst, src, iif = rng.choice(dsts), rng.choice(srcs), rng.choice(["eth0", "eth1"])
             k = kernel_route_get(node, [dst, "from", src, "iif", iif])
             res = fib.route_input(dst, src, iif)
-            t.check(f"[{' '.join(s) or 'defaults'}] ip route get {dst} from {src} iif {iif}", k, res, check_src=False)
+            what = f"[{' '.join(s) or 'defaults'}] ip route get {dst} from {src} iif {iif}"
+            t.check(what, k, res, check_src=False)
     t.assert_ok(200)
 
 
@@ -579,8 +693,19 @@ def test_ipv6_matches_kernel(v6_host: tuple[Netns, HostContext]) -> None:
     fib = Fib(ctx, family="ipv6")
     t = Tally(seed())
     rng = random.Random(t.seed)
-    dsts = ["2001:db8:50::10", "2001:db8:ff::1", "::1", "2001:db8:bad::1", "2001:db8:bad1::1", "2001:db8:bad2::1",
-            "2001:db8:300::1", "2606:4700::1111"]  # fmt: skip
+    dsts = [
+        "2001:db8:50::10",
+        "2001:db8:ff::1",
+        "::1",
+        "2001:db8:bad::1",
+        "2001:db8:bad1::1",
+        "2001:db8:bad2::1",
+        "2001:db8:300::1",
+        "2606:4700::1111",
+        "fe80::1",
+        "ff02::1",
+        "ff05::2",
+    ]
     for r in ctx.routes:
         if r.family == "ipv6" and r.table in ("main", "100") and not r.dst.startswith("fe80"):
             dsts.append(random_in(rng, "2000::/3" if r.dst == "default" else r.dst))
@@ -589,20 +714,24 @@ def test_ipv6_matches_kernel(v6_host: tuple[Netns, HostContext]) -> None:
     for _ in range(220):
         dst = rng.choice(dsts)
         mark = rng.choice((0, 1, 0x101, 0x200, 0x201))
-        if rng.random() < 0.5 and dst != "::1":
+        if rng.random() < 0.5 and dst != "::1" and not dst.startswith("ff"):
             # (::1 arriving on eth0 is dropped by ip6_rcv_core() before PREROUTING and routing;
-            # `ip route get ... iif` does not go through there, so it is no reference for that case)
+            # `ip route get ... iif` does not go through there, so it is no reference for that case;
+            # for a multicast destination it answers EMSGSIZE)
             src, iif = rng.choice(srcs), rng.choice(["eth0", "eth1"])
             args = [dst, "from", src, "iif", iif] + (["mark", hex(mark)] if mark else [])
             res = fib.route_input(dst, src, iif, mark=mark)
-            t.check("ip -6 route get " + " ".join(args), kernel_route_get(node, args, v6=True), res, check_src=False)
+            k = kernel_route_get(node, args, v6=True)
+            t.check("ip -6 route get " + " ".join(args), k, res, check_src=False)
         else:
             osrc = rng.choice(local) if rng.random() < 0.3 else None
-            args = [dst] + (["from", osrc] if osrc else []) + (["mark", hex(mark)] if mark else [])
-            res = fib.route_output(dst, src=osrc, mark=mark)
+            oif = rng.choice(["eth0", "eth1"]) if rng.random() < 0.2 else None
+            args = [dst] + (["from", osrc] if osrc else []) + (["oif", oif] if oif else [])
+            args += ["mark", hex(mark)] if mark else []
+            res = fib.route_output(dst, src=osrc, oif=oif, mark=mark)
             # the kernel prints the source it would select itself, whatever `from` says
-            t.check("ip -6 route get " + " ".join(args), kernel_route_get(node, args, v6=True), res,
-                    check_src=osrc is None)  # fmt: skip
+            k = kernel_route_get(node, args, v6=True)
+            t.check("ip -6 route get " + " ".join(args), k, res, check_src=osrc is None)
     t.assert_ok(200)
 
 
@@ -624,11 +753,15 @@ def _host(**sysctls: str) -> HostContext:
         Route(dst="10.90.0.0/16", gateway="10.20.0.9", oif="eth0"),
         Route(dst="10.99.0.0/16", type="blackhole"),
         Route(dst="10.12.0.0/16", type="throw"),
-        Route(dst="10.50.0.0/16", gateway="192.168.50.3", oif="eth0",
-              nexthops=[("192.168.50.3", "eth0", 1), ("172.16.1.2", "eth1", 1)]),
+        Route(
+            dst="10.50.0.0/16",
+            gateway="192.168.50.3",
+            oif="eth0",
+            nexthops=[("192.168.50.3", "eth0", 1), ("172.16.1.2", "eth1", 1)],
+        ),
         Route(dst="10.100.0.0/16", gateway="10.40.0.9", oif="eth3"),
         Route(table="100", dst="default", gateway="172.16.1.2", oif="eth1"),
-    ]  # fmt: skip
+    ]
     rules = [
         IpRule(0, "local"),
         IpRule(50, "100", fwmark=0x1, fwmask=0xFF),
@@ -703,7 +836,8 @@ def test_route_input_martians_forwarding_rp_filter() -> None:
     assert fib.route_input("8.8.8.8", "127.0.0.1", "eth1").type == "martian"
     assert fib.route_input("127.0.0.1", "172.16.1.2", "eth1").type == "martian"
     assert fib.route_input("8.8.8.8", "224.0.0.1", "eth1").type == "martian"
-    assert fib.route_input("192.168.50.10", "192.168.50.11", "eth0").type == "martian"  # own address as source
+    # one of the host's own addresses as source
+    assert fib.route_input("192.168.50.10", "192.168.50.11", "eth0").type == "martian"
     assert fib.route_input("192.168.50.255", "192.168.50.7", "eth0").type == "broadcast"
     assert fib.route_input("255.255.255.255", "0.0.0.0", "eth0").type == "broadcast"
     assert fib.route_input("192.168.50.10", "192.168.50.7", "eth0").oif == "lo"
@@ -749,7 +883,8 @@ def test_ipv6_unit() -> None:
     ]
     from nftrace.host.parse import derive_routes
 
-    routes = derive_routes(links) + [Route(dst="default", gateway="fe80::ff", oif="eth0", family="ipv6", metric=1024)]
+    default = Route(dst="default", gateway="fe80::ff", oif="eth0", family="ipv6", metric=1024)
+    routes = [*derive_routes(links), default]
     fib = Fib(HostContext(links=links, routes=routes, empty=False), family="ipv6")
     r = fib.route_output("2001:4860::8888")
     assert (r.type, r.oif, r.gateway, r.prefsrc) == ("unicast", "eth0", "fe80::ff", "2001:db8::1")

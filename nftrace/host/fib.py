@@ -11,20 +11,28 @@
 The Linux kernel is the specification; tests/test_fib.py compares these answers with
 `ip route get` in network namespaces. Facts that surprise (all checked on a 6.x kernel):
 
-* an output lookup with a bound device (`oif`) that finds no usable route — or hits a
-  blackhole/unreachable route or rule — does not fail: the kernel assumes the destination
-  is on-link on that device;
-* a blackhole/unreachable/prohibit route ends the walk (it is not `suppress_prefixlength`'d);
-  a `throw` route, a missing table or no match continue with the next rule;
+* an IPv4 output lookup with a bound device (`oif`) that finds no usable route, or hits a
+  blackhole/unreachable/prohibit route or rule, does not fail: the kernel assumes the
+  destination is on-link on that device. Bound to a device that is down: ENETUNREACH.
+  IPv6 instead skips every route not via the bound device (reject routes too) when the
+  sender has no source address, and only prefers it when it has one;
+* a blackhole/unreachable/prohibit route ends the rule walk (suppress_prefixlength does not
+  apply to it); a `throw` route, a missing table or no match continue with the next rule;
 * rule action `unreachable` answers ENETUNREACH, a route of type unreachable EHOSTUNREACH;
 * `fwmark 0` without a mask matches every packet (the kernel keeps mask 0);
 * `uidrange 0-0` matches forwarded packets (the kernel uses uid 0 when there is no socket);
-* the input path with forwarding disabled answers EHOSTUNREACH for every non-local
-  destination (even a blackhole route); the per-device `conf.<iif>.forwarding` decides,
-  not `ip_forward`;
+* `goto N` jumps to a rule of priority exactly N; without one it is skipped ("unresolved");
+* on input with forwarding disabled every non-local destination answers EHOSTUNREACH (even a
+  blackhole route), and the input device's own `conf.<iif>.forwarding` decides, not
+  `ip_forward` (ip_forward=0 with conf.eth1.forwarding=1 forwards what arrives on eth1);
 * a packet whose source is one of the host's own addresses is a martian even with
-  rp_filter=0, unless accept_local=1;
-* a local address keeps its `local` route when its link goes down: it still receives.
+  rp_filter=0, unless accept_local=1; the reverse-path check ignores the packet mark
+  unless src_valid_mark=1; a failed check answers EINVAL on 6.1x kernels (EXDEV before);
+* 0.0.0.0/8 is routable since Linux 5.3: only 0.0.0.0 itself is a martian;
+* a local address keeps its `local` route when its link goes down: it still receives, and
+  its other routes (connected, broadcast, routes via the link) are gone;
+* a loopback source may only leave through lo (EINVAL otherwise);
+* multicast input is delivered only for joined groups (224.0.0.1 always, on an up device).
 """
 
 from __future__ import annotations
@@ -44,7 +52,7 @@ from nftrace.host.model import (
     Link,
     Route,
 )
-from nftrace.host.parse import derive_routes, ipv4_addr_infos
+from nftrace.host.parse import AddrInfo, derive_routes, ipv4_addr_infos
 
 __all__ = ["ADDR_TYPES", "RESULT_TYPES", "Fib", "RouteResult"]
 
@@ -180,6 +188,12 @@ class _Flow:
     sport: int = 0
     dport: int = 0
     uid: int = 0
+    #: IPv6 only: False when the bound device is a preference, not a requirement (the sender
+    #: has a source address and the destination is neither link-local nor multicast)
+    oif_strict: bool = True
+    #: said in the result when a uidrange rule had to look at `uid` (which was assumed)
+    uid_note: str | None = None
+    uid_consulted: bool = False
 
 
 @dataclass
@@ -200,6 +214,7 @@ class _Outcome:
     hop: tuple[str | None, str | None] | None = None
     multipath: bool = False
     steps: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 def _mask(bits: int, plen: int) -> int:
@@ -225,7 +240,8 @@ def _proto_number(proto: str | int | None) -> int:
 
 def _route_text(r: Route, hop: tuple[str | None, str | None] | None = None) -> str:
     parts = [] if r.type == "unicast" else [r.type]
-    parts.append(r.dst)
+    # as `ip route` prints it: host routes without their /32 (/128)
+    parts.append(r.dst.rsplit("/", 1)[0] if r.dst.endswith(("/32", "/128")) else r.dst)
     gw, dev = hop if hop is not None else (r.gateway, r.oif)
     if gw:
         parts.append(f"via {gw}")
@@ -267,10 +283,11 @@ class Fib:
         self._links: dict[str, Link] = {lk.name: lk for lk in ctx.links}
         self._tables: dict[str, dict[str, _Table]] = {"ipv4": {}, "ipv6": {}}
         self._rules: dict[str, list[_RuleC]] = {"ipv4": [], "ipv6": []}
-        self._local4: set[int] = set()
+        self._v4: dict[str, list[AddrInfo]] = {lk.name: ipv4_addr_infos(lk) for lk in ctx.links}
+        self._local4: dict[int, str] = {}
         for lk in ctx.links:
-            for info in ipv4_addr_infos(lk):
-                self._local4.add(int(info.local))
+            for info in self._v4[lk.name]:
+                self._local4.setdefault(int(info.local), lk.name)
         self._local6: dict[int, str] = {}
         for lk in ctx.links:
             for a in lk.addresses:
@@ -285,8 +302,7 @@ class Fib:
         for fam in ("ipv4", "ipv6"):
             version = 4 if fam == "ipv4" else 6
             routes = [r for r in ctx.routes if r.family == fam]
-            addrs = [a for lk in ctx.links for a in lk.addresses]
-            has_addr = any(ipaddress.ip_interface(a).version == version for a in addrs)
+            has_addr = any((self._local4 if version == 4 else self._local6) and lk.addresses for lk in ctx.links)
             if has_addr and not any(r.table == "local" for r in routes):
                 # Without table local, addrtype and local delivery cannot work: take what the
                 # kernel installs for the links' addresses.
@@ -418,7 +434,7 @@ class Fib:
                     continue  # the kernel flushes routes of a link that goes down (local ones stay)
                 if not ignore_linkstate and "linkdown" in r.flags and self._ignore_linkdown(dev):
                     continue
-            if flow.oif is not None and dev is not None and dev != flow.oif:
+            if flow.oif is not None and flow.oif_strict and dev is not None and dev != flow.oif:
                 continue
             usable.append((gw, dev))
         if not usable:
@@ -434,53 +450,75 @@ class Fib:
             entries = t.buckets[plen].get(flow.dst & _mask(bits, plen))
             if not entries:
                 continue
-            for e in entries:
-                r = e.route
-                if r.tos and r.tos != (flow.tos & 0x1C):
-                    continue
-                if r.type == "throw":
-                    return _Hit("throw", e)
-                if r.type in _ROUTE_ERRNO:
-                    return _Hit("error", e)
-                picked = self._pick_hop(r, flow, ignore_linkstate)
-                if picked is None:
-                    continue
-                return _Hit("ok", e, picked[0], picked[1])
+            hit = self._bucket_lookup(fam, entries, flow, ignore_linkstate)
+            if hit is not None:
+                return hit
         return _Hit("none")
 
+    def _bucket_lookup(self, fam: str, entries: list[_Entry], flow: _Flow, ignore_linkstate: bool) -> _Hit | None:
+        """The route of one prefix: fib_table_lookup()'s alias walk (IPv4), rt6_select() (IPv6)."""
+        v6_strict = fam == "ipv6" and flow.oif is not None and flow.oif_strict
+        v6_prefer = fam == "ipv6" and flow.oif is not None and not flow.oif_strict
+        fallback: _Hit | None = None
+        fallback_metric = 0
+        for e in entries:
+            r = e.route
+            if r.tos and r.tos != (flow.tos & 0x1C):
+                continue
+            if fallback is not None and r.metric != fallback_metric:
+                break  # IPv6 prefers the bound device only among routes of the lowest metric
+            if r.type == "throw" or r.type in _ROUTE_ERRNO:
+                if v6_strict:
+                    continue  # IPv6 reject routes sit on lo: not a route via the bound device
+                return _Hit("throw" if r.type == "throw" else "error", e)
+            picked = self._pick_hop(r, flow, ignore_linkstate)
+            if picked is None:
+                continue
+            hit = _Hit("ok", e, picked[0], picked[1])
+            if v6_prefer and picked[0][1] != flow.oif:
+                if fallback is None:
+                    fallback, fallback_metric = hit, r.metric
+                continue
+            return hit
+        return fallback
+
     def _rule_matches(self, rc: _RuleC, flow: _Flow) -> bool:
+        """fib_rule_match(): the generic selectors, then fib4/6_rule_match(); `not` inverts it all."""
+        return self._selectors_hold(rc, flow) != rc.rule.invert
+
+    def _selectors_hold(self, rc: _RuleC, flow: _Flow) -> bool:
         r = rc.rule
-        ok = True
-        if (
-            r.iif is not None
-            and r.iif != flow.iif
-            or r.oif is not None
-            and r.oif != flow.oif
-            or (((r.fwmark or 0) ^ flow.mark) & rc.fwmask) != 0
-        ):
-            ok = False
-        elif r.l3mdev:
-            ok = False  # no VRF devices are modelled
-        elif (
-            r.uidrange is not None
-            and not (r.uidrange[0] <= flow.uid <= r.uidrange[1])
-            or rc.src is not None
-            and (flow.src & rc.src[1]) != rc.src[0]
-            or rc.dst is not None
-            and (flow.dst & rc.dst[1]) != rc.dst[0]
-            or r.tos
-            and r.tos != (flow.tos & 0xFC)
-            or rc.proto is not None
-            and rc.proto != flow.proto
-            or r.sport is not None
-            and not (r.sport[0] <= flow.sport <= r.sport[1])
-            or r.dport is not None
-            and not (r.dport[0] <= flow.dport <= r.dport[1])
-        ):
-            ok = False
-        return ok != r.invert
+        if r.iif is not None and r.iif != flow.iif:
+            return False
+        if r.oif is not None and r.oif != flow.oif:
+            return False
+        if ((r.fwmark or 0) ^ flow.mark) & rc.fwmask:
+            return False
+        if r.l3mdev:
+            return False  # no VRF devices are modelled
+        if r.uidrange is not None:
+            flow.uid_consulted = True
+            if not r.uidrange[0] <= flow.uid <= r.uidrange[1]:
+                return False
+        if rc.src is not None and (flow.src & rc.src[1]) != rc.src[0]:
+            return False
+        if rc.dst is not None and (flow.dst & rc.dst[1]) != rc.dst[0]:
+            return False
+        if r.tos and r.tos != (flow.tos & 0xFC):
+            return False
+        if rc.proto is not None and rc.proto != flow.proto:
+            return False
+        if r.sport is not None and not r.sport[0] <= flow.sport <= r.sport[1]:
+            return False
+        return r.dport is None or r.dport[0] <= flow.dport <= r.dport[1]
 
     def _fib_lookup(self, flow: _Flow, ignore_linkstate: bool = False) -> _Outcome:
+        out = self._walk_rules(flow, ignore_linkstate)
+        if flow.uid_consulted and flow.uid_note:
+            out.notes.append(flow.uid_note)
+        return out
+
+    def _walk_rules(self, flow: _Flow, ignore_linkstate: bool) -> _Outcome:
         rules = self._rules[flow.family]
         steps: list[str] = []
         i = 0
@@ -560,7 +598,7 @@ class Fib:
         notes: list[str] | None = None,
         use_hop: bool = True,
     ) -> RouteResult:
-        notes = list(notes or [])
+        notes = [*out.notes, *(n for n in notes or [] if n not in out.notes)]
         gw = dev = None
         if use_hop and out.hop is not None:
             gw, dev = out.hop
@@ -609,10 +647,8 @@ class Fib:
 
     def _local_dev4(self, addr: int) -> str | None:
         """__ip_dev_find(): the device of a local address (the local table decides as a fallback)."""
-        for lk in self.ctx.links:
-            for info in ipv4_addr_infos(lk):
-                if int(info.local) == addr:
-                    return lk.name
+        if addr in self._local4:
+            return self._local4[addr]
         hit = self._table_lookup("ipv4", "local", _Flow("ipv4", addr, 0, "lo", None))
         if hit.status == "ok" and hit.entry is not None and hit.entry.route.type == "local":
             return hit.hop[1] if hit.hop else "lo"
@@ -638,8 +674,6 @@ class Fib:
         fam: Family = "ipv4" if d.version == 4 else "ipv6"
         s = int(self._parse(src, "source")) if src else 0
         notes: list[str] = []
-        if uid is None and any(rc.rule.uidrange for rc in self._rules[fam]):
-            notes.append("uid unknown, assumed 0")
         flow = _Flow(
             fam,
             int(d),
@@ -652,6 +686,7 @@ class Fib:
             sport or 0,
             dport or 0,
             uid or 0,
+            uid_note="uid unknown, assumed 0" if uid is None else None,
         )
         out = self._fib_lookup(flow)
         prefsrc = None
@@ -730,7 +765,7 @@ class Fib:
         if link is not None:
             localnet = _SCOPE_VALUE["link"] if self._orconf(oif, "route_localnet") else _SCOPE_VALUE["host"]
             first: str | None = None
-            for info in ipv4_addr_infos(link):
+            for info in self._v4.get(link.name, []):
                 if not info.primary:
                     continue
                 if min(_SCOPE_VALUE[info.scope], localnet) > want:
@@ -742,7 +777,7 @@ class Fib:
             if first is not None:
                 return first
         for lk in sorted(self.ctx.links, key=lambda x: x.index):
-            for info in ipv4_addr_infos(lk):
+            for info in self._v4.get(lk.name, []):
                 sv = _SCOPE_VALUE[info.scope]
                 if info.primary and sv != _SCOPE_VALUE["link"] and sv <= want:
                     return str(info.local)
@@ -812,6 +847,10 @@ class Fib:
 
         flow = _Flow("ipv4", dn, sn, iif, None, mark, tos, _proto_number(proto), sport or 0, dport or 0, 0)
         if d in _MCAST4:
+            in_link = self._links.get(iif)
+            if in_link is not None and not in_link.up:
+                why = f"multicast {dst} on {iif}, which is down and so has left every group"
+                return self._fail("none", "EINVAL", why, notes)
             if s in _MCAST4 or sn == _LBCAST:
                 return martian("source", f"{src} is a multicast or limited-broadcast address")
             if s in _LOOPBACK4 and not self._orconf(iif, "route_localnet"):
@@ -847,8 +886,6 @@ class Fib:
         elif s in _LOOPBACK4 and not self._orconf(iif, "route_localnet"):
             return martian("source", f"{src} is a loopback address and route_localnet is off on {iif}")
 
-        if any(rc.rule.uidrange for rc in self._rules["ipv4"]):
-            notes.append("uid 0 for uidrange rules (no socket)")
         out = self._fib_lookup(flow)
         fwd, fwd_key = self._forwarding(iif)
         if out.error is not None:
@@ -867,7 +904,7 @@ class Fib:
             bad = self._validate_source(flow, iif, None, notes)
             if bad is not None:
                 return bad
-            return self._result(out, dst, oif="lo", notes=notes, use_hop=False, lead="local delivery (INPUT)")
+            return self._result(out, dst, oif="lo", notes=notes, use_hop=False)
         if fwd_key is None:
             notes.append("ip_forward unknown, assumed 1")
         if not fwd:
@@ -892,7 +929,7 @@ class Fib:
         bad = self._validate_source(flow, iif, out_dev, notes)
         if bad is not None:
             return bad
-        return self._result(out, dst, notes=notes, lead="forward", prefsrc=None)
+        return self._result(out, dst, notes=notes)
 
     def _broadcast_input(
         self, flow: _Flow, dst: str, src: str, iif: str, out: _Outcome | None, notes: list[str]
@@ -978,7 +1015,7 @@ class Fib:
         if iif in devs or (res.type == "local" and iif == "lo"):
             return None
         link = self._links.get(iif)
-        no_addr = link is not None and not ipv4_addr_infos(link)
+        no_addr = link is not None and not self._v4.get(link.name)
         if no_addr:
             if rpf:
                 why = f"rp_filter={rpf} ({mode}): {iif} has no IPv4 address"
@@ -1045,7 +1082,7 @@ class Fib:
         if out.error is not None:
             return self._result(out, dst, notes=notes)
         if out.type == "local":
-            return self._result(out, dst, oif="lo", notes=notes, use_hop=False, lead="local delivery (INPUT)")
+            return self._result(out, dst, oif="lo", notes=notes, use_hop=False)
         fwd, key = self._forwarding6()
         if key is None:
             notes.append("net.ipv6.conf.all.forwarding unknown, assumed 1")
@@ -1057,7 +1094,7 @@ class Fib:
                 notes=notes,
                 lead=f"{key}=0: ip6_forward drops it before FORWARD",
             )
-        return self._result(out, dst, notes=notes, lead="forward")
+        return self._result(out, dst, notes=notes)
 
     # ------------------------------------------------------------------ output
 
@@ -1084,14 +1121,14 @@ class Fib:
         if s is not None and s.version != d.version:
             raise InputError(f"source {src} and destination {dst} are not of one family")
         notes: list[str] = []
-        if uid is None and any(rc.rule.uidrange for rc in self._rules["ipv4" if d.version == 4 else "ipv6"]):
-            notes.append("uid unknown, assumed 0")
         if d.version == 6:
-            return self._route_output6(d, s, oif, mark, tos, proto, sport, dport, uid or 0, anysrc, notes)
+            return self._route_output6(d, s, oif, mark, tos, proto, sport, dport, uid, anysrc, notes)
         res = self._route_output4(d, s, oif, mark, tos, proto, sport, dport, uid, anysrc, notes)
         if res.ok and res.prefsrc is not None and res.oif not in ("lo", None):
-            if ipaddress.IPv4Address(res.prefsrc) in _LOOPBACK4:
-                # __mkroute_output(): a loopback source may only leave through the loopback
+            if ipaddress.IPv4Address(res.prefsrc) in _LOOPBACK4 and not self._orconf(res.oif, "route_localnet"):
+                # __mkroute_output(): a loopback source may only leave through the loopback,
+                # unless route_localnet is set on the output device (checked by
+                # tests/test_kernel_rulesets.py on docker-host, where docker0 has it)
                 return self._fail(
                     "martian",
                     "EINVAL",
@@ -1118,8 +1155,6 @@ class Fib:
         src = str(s) if s is not None else None
         dn = int(d)
         sn = int(s) if s is not None else 0
-        if oif is not None and self._links and oif not in self._links:
-            return self._fail("none", "ENODEV", f"no device {oif}", notes)
         if s is not None:
             if s in _MCAST4 or sn == _LBCAST or sn == 0:
                 return self._fail("martian", "EINVAL", f"source {src} cannot be a packet's source", notes)
@@ -1149,6 +1184,11 @@ class Fib:
                     notes,
                 )
         if oif is not None:
+            if self._links and oif not in self._links:
+                return self._fail("none", "ENODEV", f"no device {oif}", notes)
+            out_link = self._links.get(oif)
+            if out_link is not None and not out_link.up:
+                return self._fail("none", "ENETUNREACH", f"bound to {oif}, which is down", notes)
             if d in _LOCAL_MCAST4 or dn == _LBCAST or _proto_number(proto) == 2:
                 typ = "broadcast" if dn == _LBCAST else "multicast"
                 psrc = src or self.select_source(oif, None, "link", family="ipv4")
@@ -1180,6 +1220,7 @@ class Fib:
             )
         proto_n = _proto_number(proto)
         flow = _Flow("ipv4", dn, sn, "lo", oif, mark, tos, proto_n, sport or 0, dport or 0, uid or 0)
+        flow.uid_note = "uid unknown, assumed 0" if uid is None else None
         out = self._fib_lookup(flow)
         if out.error is not None:
             if oif is not None:
@@ -1194,9 +1235,9 @@ class Fib:
                     psrc,
                     None,
                     out.rule,
-                    "; ".join([lead, *out.steps, *notes]),
+                    "; ".join([lead, *out.steps, *out.notes, *notes]),
                     None,
-                    notes,
+                    [*out.notes, *notes],
                 )
             return self._result(out, dst, notes=notes)
         route = out.route
@@ -1210,7 +1251,6 @@ class Fib:
                 prefsrc=psrc,
                 notes=notes,
                 use_hop=False,
-                lead="local destination: loopback, then INPUT",
             )
         psrc = src or self._route_prefsrc(route, out.hop)
         typ = out.type
@@ -1235,7 +1275,7 @@ class Fib:
         proto: str | None,
         sport: int | None,
         dport: int | None,
-        uid: int,
+        uid: int | None,
         anysrc: bool,
         notes: list[str],
     ) -> RouteResult:
@@ -1255,8 +1295,13 @@ class Fib:
             _proto_number(proto),
             sport or 0,
             dport or 0,
-            uid,
+            uid or 0,
         )
+        # ip6_route_output_flags(): the bound device is strict without a source address (and always
+        # for link-local, multicast and loopback destinations: rt6_need_strict()); with one it only
+        # breaks ties.
+        flow.oif_strict = s is None or d.is_multicast or d in _LINK_LOCAL6 or d.is_loopback
+        flow.uid_note = "uid unknown, assumed 0" if uid is None else None
         out = self._fib_lookup(flow)
         if out.error is not None:
             return self._result(out, dst, notes=notes)
@@ -1271,7 +1316,6 @@ class Fib:
                 prefsrc=psrc,
                 notes=notes,
                 use_hop=False,
-                lead="local destination: loopback, then INPUT",
             )
         dev = out.hop[1] if out.hop else None
         psrc6: str | None = str(s) if s else (route.prefsrc or self._select_source6(dev, dst))

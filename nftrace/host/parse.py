@@ -682,7 +682,8 @@ def _addrs_from_text(text: str, filename: str) -> list[Link]:
             if m:
                 idx = int(m.group(1))
                 if idx not in by_index:
-                    by_index[idx] = Link(index=idx, name=m.group(2))
+                    name = m.group(2)
+                    by_index[idx] = Link(index=idx, name=name, kind="loopback" if name == "lo" else None)
                     links.append(by_index[idx])
                 cur = by_index[idx]
                 _add_address_line(cur, m.group(3).split(), filename, lineno)
