@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from nftrace.cli import _color, _read, add_input_args, add_packet_args, load_inputs, packet_dict
-from nftrace.errors import InputError, NftraceError
+from nftrace.errors import InputError, NftraceError, UsageError
 
 
 def register(sub: Any) -> None:
@@ -20,16 +20,68 @@ def register(sub: Any) -> None:
     e.add_argument("--batch", metavar="FILE", help="one JSON packet per line; one trace JSON per line out")
     e.add_argument("--max-branches", type=int, default=256, help="bound on forks (chance/unknown matches)")
     e.add_argument("--color", choices=("auto", "always", "never"), default="auto")
+    k = e.add_argument_group("Kubernetes and Docker (the packet is built from the service catalogue)")
+    k.add_argument("--to-service", metavar="NS/NAME:PORT", help="a connection to this Service's ClusterIP and port")
+    k.add_argument("--from-pod", metavar="IP", help="with --to-service: sent by the pod with this address")
+    k.add_argument("--node-port", type=int, metavar="N", help="a connection to node port N of this node")
+    k.add_argument("--external-ip", metavar="IP", help="a connection to a Service's external or load-balancer IP")
+
+
+def _service_flow(args: argparse.Namespace, catalog: Any, host: Any) -> Any:
+    """The packet --to-service/--node-port/--external-ip ask for (None when none was given)."""
+    kube = (args.to_service, args.node_port, args.external_ip)
+    if all(x is None for x in kube):
+        if args.from_pod is not None:
+            raise UsageError("--from-pod goes with --to-service")
+        return None
+    if args.flow or args.batch:
+        raise UsageError("--to-service/--node-port/--external-ip build the packet: give no flow string or --batch")
+    from nftrace.kube.flows import service_packet
+
+    if args.local and args.iif:
+        raise UsageError("--local and --iif exclude each other")
+    return service_packet(
+        catalog,
+        host,
+        to_service=args.to_service,
+        from_pod=args.from_pod,
+        node_port=args.node_port,
+        external_ip=args.external_ip,
+        src=args.src,
+        sport=args.sport,
+        dst=args.dst,
+        iif=args.iif,
+        proto=args.proto,
+        local=args.local,
+    )
+
+
+def _kube(doc: dict[str, Any], catalog: Any, host: Any) -> None:
+    """Name the kube-proxy/Docker hops of a trace and add the findings (extensions of nftrace.trace/1)."""
+    from nftrace.kube.annotate import annotate
+    from nftrace.kube.findings import findings
+
+    if "branches" not in doc:
+        return
+    annotate(doc, catalog)
+    doc["findings"] = findings(doc, catalog, host)
 
 
 def run(args: argparse.Namespace) -> int:
     from nftrace.engine.packet import packet_from_dict
     from nftrace.engine.pipeline import SCHEMA, Engine
     from nftrace.engine.walker import WalkOptions
+    from nftrace.kube.catalog import build_catalog
 
     rs, host, ipsets = load_inputs(args)
+    catalog = build_catalog(rs, host, ipsets)
+    if catalog.mode == "ipvs":
+        from nftrace.kube.flows import add_ipvs_addresses
+
+        add_ipvs_addresses(host, catalog)
     engine = Engine(rs, host, ipsets, backend=args.backend,
                     options=WalkOptions(all_rules=args.all_rules, max_branches=args.max_branches))  # fmt: skip
+    flow = _service_flow(args, catalog, host)
     if args.batch:
         src = _read(args.batch, "batch file")
         out = sys.stdout
@@ -45,18 +97,28 @@ def run(args: argparse.Namespace) -> int:
                     raise InputError("each line must be a JSON object", file=args.batch, line=n)
                 pkt, origin = packet_from_dict(d, file=args.batch)
                 doc = engine.trace(pkt, origin).to_json()
+                _kube(doc, catalog, host)
             except NftraceError as e:
                 doc = {"schema": SCHEMA, "error": e.one_line().removeprefix("nftrace: "), "line": n}
             out.write(json.dumps(doc) + "\n")
         return 0
-    d = packet_dict(args)
+    d = flow.packet if flow is not None else packet_dict(args)
     pkt, origin = packet_from_dict(d)
     tr = engine.trace(pkt, origin)
     doc = tr.to_json()
+    _kube(doc, catalog, host)
+    if flow is not None:
+        doc["service_flow"] = flow.to_json()
     if args.format == "json":
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
     else:
+        from nftrace.kube.present import render_kube_extras
         from nftrace.present.text import render_trace
 
-        sys.stdout.write(render_trace(doc, color=_color(args, sys.stdout)) + "\n")
+        color = _color(args, sys.stdout)
+        text = render_trace(doc, color=color)
+        extras = render_kube_extras(doc, color=color)
+        if extras:
+            text += "\n\n" + extras
+        sys.stdout.write(text + "\n")
     return 0
