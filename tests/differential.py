@@ -13,6 +13,7 @@ import ipaddress
 import random
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from nftrace.engine.packet import packet_from_dict
@@ -22,27 +23,42 @@ from nftrace.ruleset.model import Ruleset
 from tests.kernelhost import KPacket, KResult
 
 Hop = tuple[str, str, str, int | None, str, str | None]
+_UNCONDITIONAL = re.compile(r"^-A \S+ -j (ACCEPT|DROP|RETURN|QUEUE)$")
 
 
-def kernel_path(res: KResult) -> list[Hop]:
+def kernel_path(res: KResult, legacy: bool = False) -> list[Hop]:
+    """The kernel's hops.  nft prints matched rules (with verdicts) and policies; legacy
+    prints no verdicts but also prints the implicit return at the end of a user chain."""
     out: list[Hop] = []
     for ev in res.events:
         if ev.kind == "rule":
-            tgt = ev.target if ev.verdict in ("JUMP", "GOTO") else None
-            out.append((ev.hook, ev.table, ev.chain, ev.rule, ev.verdict, tgt))
+            tgt = ev.target if ev.verdict in ("JUMP", "GOTO") or legacy else None
+            out.append((ev.hook, ev.table, ev.chain, ev.rule, "" if legacy else ev.verdict, tgt))
         elif ev.kind == "policy":
-            out.append((ev.hook, ev.table, ev.chain, None, ev.verdict, None))
+            out.append((ev.hook, ev.table, ev.chain, None, "" if legacy else ev.verdict, None))
+        elif ev.kind == "return" and legacy:
+            out.append((ev.hook, ev.table, ev.chain, None, "return", None))
     return out
 
 
-def branch_path(steps: list[dict[str, Any]]) -> list[Hop]:
+def branch_path(steps: list[dict[str, Any]], legacy: bool = False) -> list[Hop]:
     out: list[Hop] = []
     for s in steps:
         if s["kind"] == "rule" and s.get("matched"):
-            tgt = s["target"] if s["verdict"] in ("JUMP", "GOTO") else None
-            out.append((s["hook"], s["table"], s["chain"], s["rule"], s["verdict"], tgt))
+            jumps = s["verdict"] in ("JUMP", "GOTO")
+            tgt = s["target"] if jumps else None
+            if legacy and _UNCONDITIONAL.match(s["text"]):
+                # x_tables' trace labels an unconditional standard-verdict rule like a chain's
+                # tail: "policy" in a built-in chain, "return" in a user chain
+                # (get_chainname_rulenum in ip_tables.c).
+                builtin = s["chain"] == s["hook"]
+                out.append((s["hook"], s["table"], s["chain"], None, "" if builtin else "return", None))
+                continue
+            out.append((s["hook"], s["table"], s["chain"], s["rule"], "" if legacy else s["verdict"], tgt))
         elif s["kind"] == "policy":
-            out.append((s["hook"], s["table"], s["chain"], None, s["verdict"], None))
+            out.append((s["hook"], s["table"], s["chain"], None, "" if legacy else s["verdict"], None))
+        elif s["kind"] == "return" and legacy:
+            out.append((s["hook"], s["table"], s["chain"], None, "return", None))
     return out
 
 
@@ -52,16 +68,17 @@ class Verdict:
     message: str
 
 
-def compare(trace: Trace, res: KResult) -> Verdict:
-    kp = kernel_path(res)
+def compare(trace: Trace, res: KResult, legacy: bool = False) -> Verdict:
+    kp = kernel_path(res, legacy)
     doc = trace.to_json()
     candidates = []
     for b in doc["branches"]:
-        bp = branch_path(b["steps"])
+        bp = branch_path(b["steps"], legacy)
         if bp != kp:
             candidates.append((b, bp, "path"))
             continue
-        problem = _final_problem(b["result"], res)
+        # The legacy log carries no verdicts, so whether INPUT accepted cannot be read off it.
+        problem = None if legacy and b["result"]["disposition"] == "local" else _final_problem(b["result"], res)
         if problem is None:
             return Verdict(True, "")
         candidates.append((b, bp, problem))
@@ -191,5 +208,39 @@ def engine_packet(kp: KPacket) -> tuple[Any, str]:
     return packet_from_dict(d)
 
 
-def make_engine(rs: Ruleset, host: HostContext) -> Engine:
-    return Engine(rs, host)
+def make_engine(rs: Ruleset, host: HostContext, backend: str = "nft") -> Engine:
+    return Engine(rs, host, backend=backend)
+
+
+def flows_packets(path: str, links: list[str]) -> list[KPacket]:
+    """The hand-picked flows of a scenario's flows.txt as kernel packets."""
+    from nftrace.engine.packet import parse_flow
+
+    out = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        d = parse_flow(text)
+        if d.get("iif") and d["iif"] not in links:
+            continue
+        if d["proto"] not in ("tcp", "udp", "icmp") or ":" in d["dst"]:
+            continue
+        icmp_type = 8
+        if d.get("icmp_type") is not None:
+            icmp_type = int(str(d["icmp_type"]).split("/")[0]) if str(d["icmp_type"])[0].isdigit() else 8
+        out.append(
+            KPacket(
+                origin=d["origin"],
+                proto=d["proto"],
+                src=d["src"],
+                dst=d["dst"],
+                sport=d.get("sport") or (40000 if d["proto"] != "icmp" else None),
+                dport=d.get("dport"),
+                iif=d.get("iif"),
+                mark=int(str(d.get("mark", 0)), 0),
+                tcp_flags=str(d.get("tcp_flags") or "SYN"),
+                icmp_type=icmp_type,
+            )
+        )
+    return out

@@ -21,7 +21,7 @@ import pytest
 
 from nftrace.host.parse import build_host_context
 from nftrace.ruleset.parser import parse_rules
-from tests.differential import compare, engine_packet, make_engine, random_packets
+from tests.differential import compare, engine_packet, flows_packets, make_engine, random_packets
 from tests.kernelhost import KernelHost, KernelHostUnavailable, unavailable_reason
 
 ROOT = Path(__file__).resolve().parent.parent / "rulesets"
@@ -44,16 +44,17 @@ def _host(d: Path):  # type: ignore[no-untyped-def]
     )
 
 
+@pytest.mark.parametrize("backend", ["nft", "legacy"])
 @pytest.mark.parametrize("scenario", SCENARIOS)
-def test_ruleset_matches_kernel(scenario: str) -> None:
-    reason = unavailable_reason("nft")
+def test_ruleset_matches_kernel(scenario: str, backend: str) -> None:
+    reason = unavailable_reason(backend)
     if reason:
         pytest.skip(reason)
     d = ROOT / scenario
     text = (d / "iptables.rules").read_text()
     host = _host(d)
     rs = parse_rules(text, str(d / "iptables.rules"))
-    engine = make_engine(rs, host)
+    engine = make_engine(rs, host, backend)
     ipsets = (d / "ipsets.txt").read_text() if (d / "ipsets.txt").is_file() else None
     if ipsets is not None:
         from nftrace.ruleset.ipsets import parse_ipsets
@@ -61,10 +62,12 @@ def test_ruleset_matches_kernel(scenario: str) -> None:
         engine.ipsets = parse_ipsets(ipsets, str(d / "ipsets.txt"))
     seed = int(os.environ.get("NFTRACE_SEED", random.randrange(1 << 30)))
     rng = random.Random(seed)
-    packets = random_packets(rng, text, host, N)
+    links = [link.name for link in host.links]
+    flows = flows_packets(str(d / "flows.txt"), links) if (d / "flows.txt").is_file() else []
+    packets = flows + random_packets(rng, text, host, N if backend == "nft" else N // 2)
     failures: list[str] = []
     try:
-        kh = KernelHost(host, text, ipsets=ipsets)
+        kh = KernelHost(host, text, ipsets=ipsets, backend=backend)
     except KernelHostUnavailable as e:
         pytest.skip(str(e))
     with kh:
@@ -72,7 +75,7 @@ def test_ruleset_matches_kernel(scenario: str) -> None:
             pkt, origin = engine_packet(kp)
             trace = engine.trace(pkt, origin)
             res = kh.send(kp)
-            v = compare(trace, res)
+            v = compare(trace, res, legacy=backend == "legacy")
             if not v.ok:
                 failures.append(f"--- {kp}\n{v.message}")
     assert not failures, (

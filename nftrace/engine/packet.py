@@ -104,6 +104,8 @@ class Packet:
     nat_src_done: bool = False
     # set by a NAT target during a nat-table walk, applied when the hook's nat table finishes
     pending_nat: Any = None
+    # output device of a re-route in OUTPUT, which the kernel's hook state shows from POSTROUTING on
+    pending_oif: str | None = None
     # addresses as integers (kept in sync by set_src/set_dst)
     src_n: int = 0
     dst_n: int = 0
@@ -240,6 +242,26 @@ ICMPV6_TYPES: dict[str, tuple[int, int | None]] = {
     "neighbor-advertisement": (136, None),
     "redirect": (137, None),
 }
+
+
+# What conntrack makes of an ICMP message that belongs to no known connection (checked on 6.18 in
+# tests/test_ipv6_kernel.py): only these types open a connection (icmp_new/icmpv6_new valid_new[]);
+# ICMPv6 neighbour discovery and MLD are left untracked (noct_valid_new[]); any other type, errors
+# included (nf_conntrack_inet_error finds nothing to be RELATED to), gets no conntrack: INVALID.
+_ICMP_NEW = frozenset({8, 13, 15, 17})
+_ICMPV6_NEW = frozenset({128, 139})
+_ICMPV6_UNTRACKED = frozenset({130, 131, 132, 133, 134, 135, 136, 143})
+
+
+def icmp_ct_state(proto: str, icmp_type: int | None) -> str:
+    """The conntrack state of an ICMP/ICMPv6 message of this type that belongs to no connection."""
+    if icmp_type is None:
+        return "NEW"
+    if proto == "icmp":
+        return "NEW" if icmp_type in _ICMP_NEW else "INVALID"
+    if icmp_type in _ICMPV6_NEW:
+        return "NEW"
+    return "UNTRACKED" if icmp_type in _ICMPV6_UNTRACKED else "INVALID"
 
 
 def _addr(text: str, what: str, file: str | None) -> tuple[str, str]:
@@ -383,6 +405,8 @@ def packet_from_dict(d: dict[str, Any], file: str | None = None) -> tuple[Packet
             icmp_type, icmp_code = t, (c if c is not None else int(d.get("icmp_code") or 0))
         else:
             raise InputError(f"unknown ICMP type {it!r}", file=file)
+        if not d.get("ct_state"):
+            state = icmp_ct_state(proto, icmp_type)
     flags: frozenset[str] = frozenset()
     if proto == "tcp":
         fl = d.get("tcp_flags")

@@ -22,7 +22,7 @@ from nftrace.host.fib import Fib, RouteResult
 from nftrace.host.model import HostContext
 from nftrace.ruleset.ext.nat import NatRequest
 from nftrace.ruleset.ipsets import IpSets
-from nftrace.ruleset.model import Ruleset
+from nftrace.ruleset.model import BUILTIN_CHAINS, Chain, Ruleset, Table
 
 SCHEMA = "nftrace.trace/1"
 
@@ -87,6 +87,10 @@ class Engine:
         # (a NAT target, -m conntrack/state/connmark, CT, CONNMARK ...).  Without it
         # there is no connection: nat chains are never traversed.
         self.conntrack_active = ruleset_needs_conntrack(ruleset)
+        if backend == "legacy":
+            # x_tables loads a table with all its built-in chains (policy ACCEPT); iptables-nft
+            # creates only the base chains a dump declares or uses.
+            self.ruleset = _with_all_builtins(ruleset)
 
     # ------------------------------------------------------------------ public
     def trace(self, pkt: Packet, origin: str) -> Trace:
@@ -119,6 +123,10 @@ class Engine:
             no_host=self.host.empty,
         )
         first = Branch(pkt=pkt.clone(), stage="pre" if origin == "ingress" else "route_out")
+        bad = _ip6_rcv_drop(pkt) if origin == "ingress" else None
+        if bad is not None:
+            # ip6_rcv_core() drops it before NF_INET_PRE_ROUTING: no hook sees it
+            first.result = self._result(first, "DROP", "dropped", {"stage": "receive", "reason": bad})
         budget = [self.options.max_branches]
         done: list[Branch] = []
         work = [first]
@@ -182,6 +190,8 @@ class Engine:
 
     def _hook(self, b: Branch, env: Env, budget: list[int], hook: str, next_stage: str) -> list[Branch]:
         """Run every table of a hook in priority order; returns branches advanced to next_stage or finished."""
+        if hook == "POSTROUTING" and b.pkt.pending_oif is not None:
+            b.pkt.oif, b.pkt.pending_oif = b.pkt.pending_oif, None
         current = [b]
         for table_name in HOOK_TABLES[hook]:
             if table_name == "mangle" and hook == "OUTPUT":
@@ -462,7 +472,10 @@ class Engine:
         r = self.fib.route_output(pkt.dst, pkt.src, None, pkt.mark, tos=pkt.tos, proto=pkt.proto,
                                   sport=pkt.sport, dport=pkt.dport, anysrc=True)  # fmt: skip
         if r.type in ("unicast", "local", "broadcast", "multicast"):
-            pkt.oif = r.oif
+            # The new route takes effect for the skb, but the rest of the OUTPUT hook still
+            # sees the output device it was called with (-o matches the old one); POSTROUTING
+            # is called with the new device.  Seen in the kernel's trace.
+            pkt.pending_oif = r.oif
             b.steps.append(self._route_step(r, "reroute", {"why": why}))
         else:
             b.steps.append(self._route_step(r, "drop", {"why": why}))
@@ -492,6 +505,17 @@ _CT_TARGETS = frozenset(
 _CT_EXTS = ("-m conntrack", "-m state", "-m connmark", "-m connbytes", "-m connlimit", "-m connlabel", "-m helper")
 
 
+def _with_all_builtins(rs: Ruleset) -> Ruleset:
+    tables = {}
+    for name, t in rs.tables.items():
+        chains = dict(t.chains)
+        for c in BUILTIN_CHAINS[name]:
+            if c not in chains:
+                chains[c] = Chain(name=c, policy="ACCEPT")
+        tables[name] = Table(name=name, chains=chains, line=t.line)
+    return Ruleset(family=rs.family, tables=tables, source=rs.source, warnings=rs.warnings)
+
+
 def ruleset_needs_conntrack(rs: Ruleset) -> bool:
     """Whether any rule makes the kernel enable connection tracking in its namespace."""
     for t in rs.tables.values():
@@ -502,6 +526,23 @@ def ruleset_needs_conntrack(rs: Ruleset) -> bool:
                 if any(e in r.text for e in _CT_EXTS):
                     return True
     return False
+
+
+def _ip6_rcv_drop(pkt: Packet) -> str | None:
+    """Why ip6_rcv_core() drops an IPv6 packet arriving on a device before netfilter sees it (None: it
+    does not).  RFC 4291 2.5.3: ::1 as source or destination off the loopback device; a multicast
+    source; an interface-local (ff01::/16) destination off the loopback device."""
+    if pkt.family != "ipv6" or pkt.iif == "lo":
+        return None
+    src = ipaddress.IPv6Address(pkt.src) if pkt.src else None
+    dst = ipaddress.IPv6Address(pkt.dst)
+    if (src is not None and src.is_loopback) or dst.is_loopback:
+        return f"the loopback address ::1 on {pkt.iif} (not the loopback device)"
+    if src is not None and src.is_multicast:
+        return f"multicast source address {src}"
+    if dst.is_multicast and (int(dst) >> 112) & 0xF == 1:
+        return f"interface-local multicast destination {dst} on {pkt.iif}"
+    return None
 
 
 def _full(pkt: Packet) -> int:
