@@ -4,8 +4,9 @@ packet at a time and read the kernel's own netfilter trace.
 A :class:`KernelHost` builds a *node* namespace from a
 :class:`~nftrace.host.model.HostContext` (links as veth pairs whose far ends sit
 in one *peer* namespace per link, addresses, routes of every table, ip rules,
-sysctls, ipsets) and restores an ``iptables-save`` dump into it. Each
-:meth:`KernelHost.send` injects one IPv4 packet, either as an Ethernet frame
+sysctls, ipsets) and restores an ``iptables-save`` dump into it (and an
+``ip6tables-save`` dump, ``rules_v6``). Each :meth:`KernelHost.send` injects one
+IPv4 or IPv6 packet (by the family of its addresses), either as an Ethernet frame
 arriving on a link (``origin="ingress"``) or from a raw socket of a local process
 (``origin="local"``), and returns what the kernel reported:
 
@@ -23,6 +24,14 @@ arriving on a link (``origin="ingress"``) or from a raw socket of a local proces
 Every packet carries a unique, random, non-zero IPv4 ID; events are selected by
 that ID, so the kernel's own replies (TCP RST, ICMP errors, echo replies) are
 left out while a loopback re-entry (new trace id, same IP ID) is kept.
+
+IPv6 (nft backend only): the unique id travels in the flow label, which
+xtables-monitor prints (``FLOWLBL=``) and which NAT and forwarding keep; before
+the first IPv6 packet the node gets ``net.ipv6.auto_flowlabels=0`` so the
+kernel's own IPv6 packets carry label 0. Rule handles are mapped separately for
+the ip6 family (its tables share their names with the ip family's). TCP/UDP
+checksums use the IPv6 pseudo-header; ``proto`` ``icmp``/``icmpv6`` sends ICMPv6
+(type 128 echo request by default, ``sport`` is the echo id).
 
 Only namespaces named ``nft-k-<8 hex>`` (node) and ``nft-k-<8 hex>-p<N>`` (peers)
 are created; nothing in the initial namespace is touched (the legacy backend's
@@ -102,6 +111,8 @@ QUIET_S = 0.15  # a packet's events are complete once nothing new arrived for th
 HOOKS = ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")
 _NFT_HOOKS = {h.lower(): h for h in HOOKS}
 _PROTO_NUMS = {"icmp": 1, "tcp": 6, "udp": 17}
+_PROTO_NUMS6 = {"icmpv6": 58, "tcp": 6, "udp": 17}
+_ICMP6_ALIASES = {"icmp": "icmpv6", "icmp6": "icmpv6", "ipv6-icmp": "icmpv6", "icmpv6": "icmpv6"}
 _TCP_FLAG_BITS = {
     "FIN": 0x01,
     "SYN": 0x02,
@@ -113,12 +124,17 @@ _TCP_FLAG_BITS = {
     "CWR": 0x80,
 }
 _ICMP_ERROR_TYPES = {3, 4, 5, 11, 12}
+_ICMP6_ERROR_TYPES = {1, 2, 3, 4}
+# nfproto numbers xtables-monitor prints on PACKET lines -> nft family names
+_NFPROTO_FAMILY = {"1": "inet", "2": "ip", "5": "netdev", "7": "bridge", "10": "ip6"}
 # Verdict codes xtables-monitor prints as hex because it has no name for them.
 _NFT_VERDICTS = {-1: "CONTINUE", -2: "BREAK", -3: "JUMP", -4: "GOTO", -5: "RETURN"}
 _NF_VERDICTS = {0: "DROP", 1: "ACCEPT", 2: "STOLEN", 3: "QUEUE", 4: "REPEAT", 5: "STOP"}
 
 SOL_IP = 0
 IP_FREEBIND = 15
+SOL_IPV6 = 41
+IPV6_FREEBIND = 78
 SO_MARK = 36
 SO_BINDTODEVICE = 25
 
@@ -139,7 +155,7 @@ class KernelHostUnavailable(KernelHostError):
 @dataclass
 class KPacket:
     origin: str  # "ingress" (arrives on iif from that link's peer namespace) or "local" (sent in the node)
-    proto: str  # "tcp" "udp" "icmp" (IPv4)
+    proto: str  # "tcp" "udp" "icmp" ("icmp"/"icmpv6" with IPv6 addresses: ICMPv6)
     src: str
     dst: str
     sport: int | None = None
@@ -346,7 +362,7 @@ def tcp_flag_bits(flags: str) -> int:
 def build_ipv4(pkt: KPacket, ip_id: int) -> bytes:
     """A complete IPv4 datagram for pkt with correct IP and L4 checksums."""
     if pkt.family != "ipv4":
-        raise NotImplementedError("IPv6 packets are not implemented yet")
+        raise ValueError("build_ipv4: an IPv6 packet (use build_ipv6 or build_packet)")
     proto = pkt.proto.lower()
     if proto not in _PROTO_NUMS:
         raise ValueError(f"unsupported protocol {pkt.proto!r}")
@@ -377,12 +393,81 @@ def build_ipv4(pkt: KPacket, ip_id: int) -> bytes:
     return _ipv4_header(pkt.src, pkt.dst, pnum, ip_id, pkt.ttl, len(seg)) + seg
 
 
+def _ipv6_header(src: str, dst: str, nexthdr: int, flow_label: int, hop_limit: int, payload_len: int) -> bytes:
+    """Fixed IPv6 header (RFC 8200): version 6, traffic class 0, the given flow label."""
+    first = (6 << 28) | (flow_label & 0xFFFFF)
+    return struct.pack("!IHBB", first, payload_len, nexthdr, hop_limit) + _in6(src) + _in6(dst)
+
+
+def _in6(addr: str) -> bytes:
+    return socket.inet_pton(socket.AF_INET6, addr)
+
+
+def _l4_checksum6(src: str, dst: str, nexthdr: int, segment: bytes) -> int:
+    """Checksum over the IPv6 pseudo-header (RFC 8200 8.1: addresses, upper-layer length, next header)."""
+    pseudo = _in6(src) + _in6(dst) + struct.pack("!I3xB", len(segment), nexthdr)
+    return _csum(pseudo + segment)
+
+
+def icmp6_proto(proto: str) -> str:
+    """'icmpv6' for the names an IPv6 ICMP packet goes by (icmp, icmp6, ipv6-icmp, icmpv6)."""
+    return _ICMP6_ALIASES.get(proto.lower(), proto.lower())
+
+
+def build_ipv6(pkt: KPacket, flow_label: int) -> bytes:
+    """A complete IPv6 packet for pkt (no extension headers) with a correct L4 checksum.
+
+    The flow label carries the packet's unique id, as the IPv4 ID does for build_ipv4: the
+    kernel's trace prints it (FLOWLBL=) and keeps it across NAT and forwarding."""
+    if pkt.family != "ipv6":
+        raise ValueError("build_ipv6: an IPv4 packet (use build_ipv4 or build_packet)")
+    proto = icmp6_proto(pkt.proto)
+    if proto not in _PROTO_NUMS6:
+        raise ValueError(f"unsupported protocol {pkt.proto!r}")
+    nh = _PROTO_NUMS6[proto]
+    if proto == "tcp":
+        bits = tcp_flag_bits(pkt.tcp_flags)
+        seq = random.getrandbits(32)
+        ack = random.getrandbits(32) | 1 if bits & _TCP_FLAG_BITS["ACK"] else 0
+        opts = struct.pack("!BBH", 2, 4, 1440) if bits & _TCP_FLAG_BITS["SYN"] else b""
+        off = (20 + len(opts)) // 4
+        seg = struct.pack("!HHIIBBHHH", pkt.sport, pkt.dport, seq, ack, off << 4, bits, 64800, 0, 0) + opts
+        seg = seg[:16] + struct.pack("!H", _l4_checksum6(pkt.src, pkt.dst, nh, seg)) + seg[18:]
+    elif proto == "udp":
+        data = b"nftrace\n"
+        seg = struct.pack("!HHHH", pkt.sport, pkt.dport, 8 + len(data), 0) + data
+        c = _l4_checksum6(pkt.src, pkt.dst, nh, seg) or 0xFFFF  # zero is not allowed over IPv6
+        seg = seg[:6] + struct.pack("!H", c) + seg[8:]
+    else:
+        icmp_type = 128 if pkt.icmp_type == 8 else pkt.icmp_type  # the IPv4 default means echo request
+        if icmp_type in _ICMP6_ERROR_TYPES:
+            # An error quotes the offending packet: a UDP packet from dst back to src.
+            inner_l4 = struct.pack("!HHHH", pkt.dport or 53, pkt.sport or 53, 8, 0)
+            inner_l4 = inner_l4[:6] + struct.pack("!H", _l4_checksum6(pkt.dst, pkt.src, 17, inner_l4) or 0xFFFF)
+            inner = _ipv6_header(pkt.dst, pkt.src, 17, flow_label ^ 0x5A5A, 64, len(inner_l4)) + inner_l4
+            rest, data = (struct.pack("!I", 1280) if icmp_type == 2 else b"\0\0\0\0"), inner
+        else:
+            rest, data = struct.pack("!HH", pkt.sport or 1, 1), b"nftrace!"
+        seg = struct.pack("!BBH", icmp_type, pkt.icmp_code, 0) + rest + data
+        seg = seg[:2] + struct.pack("!H", _l4_checksum6(pkt.src, pkt.dst, nh, seg)) + seg[4:]
+    return _ipv6_header(pkt.src, pkt.dst, nh, flow_label, pkt.ttl, len(seg)) + seg
+
+
+def build_packet(pkt: KPacket, ident: int) -> bytes:
+    """build_ipv4 or build_ipv6 by the packet's family; ident is the IPv4 ID or the IPv6 flow label."""
+    return build_ipv6(pkt, ident) if pkt.family == "ipv6" else build_ipv4(pkt, ident)
+
+
 def _mac_bytes(mac: str) -> bytes:
     return bytes(int(x, 16) for x in mac.split(":"))
 
 
 def _dst_mac_for(dst: str, link_mac: str, broadcasts: set[str]) -> bytes:
     addr = ipaddress.ip_address(dst)
+    if addr.version == 6:
+        if addr.is_multicast:  # RFC 2464: 33:33 and the low 32 bits of the group
+            return b"\x33\x33" + addr.packed[-4:]
+        return _mac_bytes(link_mac)
     if str(addr) == "255.255.255.255" or dst in broadcasts:
         return b"\xff" * 6
     if addr.is_multicast:
@@ -397,6 +482,55 @@ _NFT_PACKET_RE = re.compile(r"^PACKET: (\d+) ([0-9a-f]+) ?(.*)$")
 _NFT_TRACE_RE = re.compile(r"^TRACE: (\d+) ([0-9a-f]+) (\S+?):(\S+?):(rule|policy|return)(?::(.*))?$")
 _NFT_RULE_RE = re.compile(r"^0x([0-9a-f]+):(0x[0-9a-f]+|[A-Z]+)(?::(\S+))?(?:\s+(.*))?$")
 _LEGACY_RE = re.compile(r"TRACE: (\S+?):(\S+?):(rule|policy|return):(\d+) (.*)$")
+# `nft monitor trace`: "trace id ID FAMILY TABLE CHAIN (packet:|rule|policy|verdict|return) REST"
+_NFTMON_RE = re.compile(r"^trace id (\S+) (\S+) (\S+) (\S+) (packet:|rule|policy|verdict|return)\s?(.*)$")
+# nft packet-line keys -> the xtables-monitor/LOG keys the rest of the harness reads
+_NFTMON_KEYS = {
+    "iif": "IN",
+    "oif": "OUT",
+    "saddr": "SRC",
+    "daddr": "DST",
+    "flowlabel": "FLOWLBL",
+    "sport": "SPT",
+    "dport": "DPT",
+    "hoplimit": "HOPLIMIT",
+    "length": "LEN",
+    "mark": "MARK",
+    "id": "ICMPID",
+}
+
+
+def parse_nft_packet(text: str) -> dict[str, str]:
+    """Fields of an `nft monitor trace` packet line (`iif "eth0" ip6 saddr A ip6 daddr B ... tcp dport P`)
+    under the keys xtables-monitor uses (IN OUT SRC DST FLOWLBL SPT DPT ...); `ip saddr` and
+    `ether saddr` are told apart (MACSRC/MACDST for the latter)."""
+    toks = text.replace('"', "").split()
+    out: dict[str, str] = {}
+    i = 0
+    while i < len(toks):
+        tok = toks[i]
+        if tok in ("iif", "oif") and i + 1 < len(toks):
+            out.setdefault(_NFTMON_KEYS[tok], toks[i + 1])
+            i += 2
+            continue
+        if i + 2 < len(toks) and toks[i + 1] in _NFTMON_KEYS:
+            proto, key, val = tok, toks[i + 1], toks[i + 2]
+            if proto == "ether" and key in ("saddr", "daddr"):
+                out.setdefault("MACSRC" if key == "saddr" else "MACDST", val)
+            elif proto == "meta" and key == "mark":
+                out.setdefault("MARK", val)
+            elif proto in ("ip", "ip6", "tcp", "udp", "sctp", "dccp", "udplite", "icmpv6", "icmp"):
+                out.setdefault(_NFTMON_KEYS[key], val)
+                if proto in ("tcp", "udp", "icmpv6", "icmp"):
+                    out.setdefault("PROTO", proto.upper())
+            i += 3
+            continue
+        i += 1
+    if "SPT" in out:
+        out.setdefault("SPORT", out["SPT"])
+    if "DPT" in out:
+        out.setdefault("DPORT", out["DPT"])
+    return out
 
 
 def parse_fields(text: str) -> dict[str, str]:
@@ -434,10 +568,28 @@ class _Group:
     packet: dict[str, str]
     lines: list[str] = field(default_factory=list)
     events: list[tuple[str, str, str, str]] = field(default_factory=list)  # table, chain, kind, rest
+    nfproto: str = ""  # the family number xtables-monitor prints first (2 ip, 10 ip6, 1 inet ...)
 
 
 def _ip_id_re(ip_id: int) -> re.Pattern[str]:
     return re.compile(rf"\bID={ip_id}(?!\d)")
+
+
+def _ident_re(ident: int, family: str) -> re.Pattern[str]:
+    """What selects a packet's trace lines: its IPv4 ID, or its IPv6 flow label."""
+    if family == "ipv6":  # xtables-monitor prints FLOWLBL=N, nft monitor trace "ip6 flowlabel N"
+        return re.compile(rf"(?:\bFLOWLBL=|\bflowlabel ){ident}(?!\d)")
+    return _ip_id_re(ident)
+
+
+def _addr_eq(a: Any, b: Any) -> bool:
+    """Two address strings name the same address (conntrack prints IPv6 compressed)."""
+    if a == b:
+        return True
+    try:
+        return bool(ipaddress.ip_address(str(a)) == ipaddress.ip_address(str(b)))
+    except ValueError:
+        return False
 
 
 def parse_ct_line(line: str) -> dict[str, Any] | None:
@@ -562,6 +714,13 @@ class KernelHost:
         self._positions: dict[tuple[str, str, int], int] = {}
         self._basechains: dict[tuple[str, str], str] = {}
         self._policies: dict[tuple[str, str], str] = {}
+        # the same for the ip6 family (ip6tables' tables share their names with iptables')
+        self._positions6: dict[tuple[str, str, int], int] = {}
+        self._basechains6: dict[tuple[str, str], str] = {}
+        self._ipv6_ready = False
+        self._mon6_path: Path | None = None
+        self._mon6_file: Any = None
+        self._mon6_err: Any = None
         self._legacy_rules: dict[tuple[str, str], list[str]] = {}
         self._user_chains: set[tuple[str, str]] = set()
         self._had_raw = True  # legacy: did the ruleset itself have a raw table?
@@ -606,7 +765,7 @@ class KernelHost:
         for s in self._ingress.values():
             with contextlib.suppress(Exception):
                 s.close()
-        for f in (self._mon_file, self._mon_err):
+        for f in (self._mon_file, self._mon_err, self._mon6_file, self._mon6_err):
             if f is not None:
                 with contextlib.suppress(Exception):
                     f.close()
@@ -920,6 +1079,11 @@ class KernelHost:
         out = open(self._mon_path, "wb")  # noqa: SIM115 - kept open for the life of the monitor
         self._mon_err = open(Path(self._tmpdir) / "xtables-monitor.err", "wb")  # noqa: SIM115
         argv = ["xtables-monitor", "--trace"]
+        if self.rules_v6 is not None:
+            # xtables-monitor 1.8.9 exits ("unsupported layer 4 protocol value") when it prints an ip6
+            # rule `-p tcp -m tcp --dport N -j DNAT/REDIRECT ...`: with -4 it never parses ip6 events.
+            # IPv6 is traced by `nft monitor trace` instead (see _start_nft_trace6).
+            argv.append("-4")
         if _have("stdbuf"):
             argv = ["stdbuf", "-oL", *argv]
         self._procs.append(
@@ -929,25 +1093,78 @@ class KernelHost:
         self._mon_file = open(self._mon_path, "rb")  # noqa: SIM115
         self._wait_ready()
 
+    def _start_nft_trace6(self) -> None:
+        """IPv6 trace events come from `nft -a monitor trace` (nft syntax, rule handles): xtables-monitor
+        1.8.9 dies on some ip6 NAT rules (see _start_nft_trace)."""
+        assert self._tmpdir is not None
+        self._mon6_path = Path(self._tmpdir) / "nft-monitor.out"
+        out = open(self._mon6_path, "wb")  # noqa: SIM115 - kept open for the life of the monitor
+        err = open(Path(self._tmpdir) / "nft-monitor.err", "wb")  # noqa: SIM115
+        self._mon6_err = err
+        argv = ["nft", "-a", "monitor", "trace"]
+        if _have("stdbuf"):
+            argv = ["stdbuf", "-oL", *argv]
+        proc = subprocess.Popen(_ns_argv(self.node, argv), stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        self._procs.append(proc)
+        out.close()
+        self._mon6_file = open(self._mon6_path, "rb")  # noqa: SIM115
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            label = self._new_id()
+            start = self._mon6_path.stat().st_size
+            self._send_local_raw6(KPacket("local", "udp", "::1", "::1", 9, 9), label)
+            t_end = time.monotonic() + 0.2
+            while time.monotonic() < t_end:
+                if _ident_re(label, "ipv6").search(self._read6_from(start)):
+                    time.sleep(QUIET_S)
+                    self._flush_conntrack()
+                    return
+                time.sleep(0.01)
+            if proc.poll() is not None:
+                break
+        err.flush()
+        msg = Path(err.name).read_text(errors="replace").strip()
+        raise KernelHostUnavailable(
+            f"nft monitor trace in {self.node} never showed the IPv6 probe packet" + (f": {msg}" if msg else "")
+        )
+
+    def _read6_from(self, offset: int) -> str:
+        assert self._mon6_file is not None
+        self._mon6_file.seek(offset)
+        return bytes(self._mon6_file.read()).decode("utf-8", "replace")
+
+    def _mon6_size(self) -> int:
+        assert self._mon6_path is not None
+        return self._mon6_path.stat().st_size
+
     def refresh_handles(self) -> None:
         """Map nft rule handles to 1-based positions (rules of a chain in order)."""
         data = json.loads(_run(_ns_argv(self.node, ["nft", "-j", "-a", "list", "ruleset"])).stdout)
         positions: dict[tuple[str, str, int], int] = {}
         counts: dict[tuple[str, str], int] = {}
+        positions6: dict[tuple[str, str, int], int] = {}
+        counts6: dict[tuple[str, str], int] = {}
         for obj in data.get("nftables", []):
             if "chain" in obj:
                 c = obj["chain"]
                 if c.get("hook") and c.get("family") in ("ip", "inet"):
                     self._basechains[(c["table"], c["name"])] = _NFT_HOOKS.get(c["hook"], c["hook"].upper())
                     self._policies[(c["table"], c["name"])] = str(c.get("policy", "accept")).upper()
+                if c.get("hook") and c.get("family") in ("ip6", "inet"):
+                    self._basechains6[(c["table"], c["name"])] = _NFT_HOOKS.get(c["hook"], c["hook"].upper())
             elif "rule" in obj:
                 r = obj["rule"]
+                if r.get("family") in ("ip6", "inet"):
+                    key = (r["table"], r["chain"])
+                    counts6[key] = counts6.get(key, 0) + 1
+                    positions6[(r["table"], r["chain"], int(r["handle"]))] = counts6[key]
                 if r.get("family") not in ("ip", "inet"):
                     continue
                 key = (r["table"], r["chain"])
                 counts[key] = counts.get(key, 0) + 1
                 positions[(r["table"], r["chain"], int(r["handle"]))] = counts[key]
         self._positions = positions
+        self._positions6 = positions6
 
     def _mon_size(self) -> int:
         assert self._mon_path is not None
@@ -963,7 +1180,10 @@ class KernelHost:
         while time.monotonic() < deadline:
             ip_id = self._new_id()
             start = self._mon_size()
-            self._send_local_raw(KPacket("local", "udp", "127.0.0.1", "127.0.0.1", 9, 9), ip_id)
+            try:
+                self._send_local_raw(KPacket("local", "udp", "127.0.0.1", "127.0.0.1", 9, 9), ip_id)
+            except OSError:
+                pass  # the ruleset's OUTPUT may drop the probe (EPERM): its trace events still come
             t_end = time.monotonic() + 0.2
             while time.monotonic() < t_end:
                 if _ip_id_re(ip_id).search(self._read_from(start)):
@@ -1079,6 +1299,9 @@ class KernelHost:
                     return self._next_id
 
     def _send_local_raw(self, pkt: KPacket, ip_id: int) -> None:
+        if pkt.family == "ipv6":
+            self._send_local_raw6(pkt, ip_id)
+            return
         data = build_ipv4(pkt, ip_id)
 
         def make() -> socket.socket:
@@ -1096,19 +1319,68 @@ class KernelHost:
         finally:
             s.close()
 
+    def _send_local_raw6(self, pkt: KPacket, flow_label: int) -> None:
+        """An IPv6 raw socket with IPPROTO_RAW: the kernel takes our header as it is (IPV6_HDRINCL)."""
+        data = build_ipv6(pkt, flow_label)
+
+        def make() -> socket.socket:
+            return socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_RAW)
+
+        s = in_netns(self.node, make)
+        try:
+            try:
+                s.setsockopt(SOL_IPV6, IPV6_FREEBIND, 1)
+            except OSError:
+                s.setsockopt(SOL_IP, IP_FREEBIND, 1)
+            if pkt.mark:
+                s.setsockopt(socket.SOL_SOCKET, SO_MARK, pkt.mark)
+            if pkt.oif:
+                s.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, pkt.oif.encode())
+            s.bind((pkt.src, 0, 0, 0))
+            s.sendto(data, (pkt.dst, 0, 0, 0))
+        finally:
+            s.close()
+
     def _send_ingress(self, pkt: KPacket, ip_id: int) -> None:
         if not pkt.iif or pkt.iif not in self._ingress:
             raise ValueError(f"ingress packet needs iif naming one of {sorted(self._ingress)}, got {pkt.iif!r}")
+        ethertype = b"\x86\xdd" if pkt.family == "ipv6" else b"\x08\x00"
         frame = (
             _dst_mac_for(pkt.dst, self.macs[pkt.iif], self._broadcasts)
             + self._peer_macs[pkt.iif]
-            + b"\x08\x00"
-            + build_ipv4(pkt, ip_id)
+            + ethertype
+            + build_packet(pkt, ip_id)
         )
         self._ingress[pkt.iif].send(frame)
 
+    def _prepare_ipv6(self) -> None:
+        """Before the first IPv6 packet: kernel-made IPv6 packets (echo replies, RSTs, ICMPv6 errors) get
+        flow label 0 (net.ipv6.auto_flowlabels=0 in the node), so that only ours carry our labels."""
+        if self._ipv6_ready:
+            return
+        if self.backend != "nft":
+            raise KernelHostError("IPv6 packets are traced on the nft backend only (xtables-monitor)")
+
+        def write() -> None:
+            Path("/proc/sys/net/ipv6/auto_flowlabels").write_text("0")
+            Path("/proc/sys/net/ipv6/flowlabel_reflect").write_text("0")
+
+        in_netns(self.node, write)
+        self.refresh_handles()
+        self._start_nft_trace6()
+        self._ipv6_ready = True
+
     def _normalise(self, pkt: KPacket) -> KPacket:
         proto = pkt.proto.lower()
+        if pkt.family == "ipv6":
+            proto = icmp6_proto(proto)
+            if proto != pkt.proto:
+                pkt = replace(pkt, proto=proto)
+            if proto == "icmpv6" and pkt.icmp_type == 8:
+                pkt = replace(pkt, icmp_type=128)  # KPacket's default (IPv4 echo request) in ICMPv6
+            if ipaddress.ip_address(pkt.dst).version != 6:
+                raise ValueError(f"source {pkt.src} and destination {pkt.dst} are of different families")
+            pkt = replace(pkt, src=str(ipaddress.ip_address(pkt.src)), dst=str(ipaddress.ip_address(pkt.dst)))
         if pkt.origin not in ("ingress", "local"):
             raise ValueError(f"origin must be 'ingress' or 'local', not {pkt.origin!r}")
         if proto in ("tcp", "udp"):
@@ -1116,7 +1388,7 @@ class KernelHost:
                 raise ValueError(f"{proto} packet needs a dport")
             if pkt.sport is None:
                 pkt = replace(pkt, sport=random.randint(20000, 60999))
-        elif proto == "icmp" and pkt.sport is None:  # sport doubles as the echo id
+        elif proto in ("icmp", "icmpv6") and pkt.sport is None:  # sport doubles as the echo id
             pkt = replace(pkt, sport=random.randint(1, 0xFFFF))
         return pkt
 
@@ -1126,8 +1398,13 @@ class KernelHost:
             raise KernelHostError("KernelHost is closed")
         t0 = time.monotonic()
         pkt = self._normalise(pkt)
+        if pkt.family == "ipv6":
+            self._prepare_ipv6()
         ip_id = self._new_id()
-        start = self._mon_size() if self.backend == "nft" else 0
+        if pkt.family == "ipv6":
+            start = self._mon6_size()
+        else:
+            start = self._mon_size() if self.backend == "nft" else 0
         if self.backend == "legacy":
             self._read_kmsg()  # discard what is already there
         error: str | None = None
@@ -1140,9 +1417,11 @@ class KernelHost:
             if pkt.origin == "ingress":
                 raise
             error = f"{errno.errorcode.get(exc.errno or 0, 'E?')}: {exc.strerror}"
-        text = self._collect(start, ip_id, timeout, expect=error is None)
-        if self.backend == "nft":
-            events, raw = self._nft_events(text, ip_id)
+        text = self._collect(start, ip_id, timeout, expect=error is None, family=pkt.family)
+        if pkt.family == "ipv6":
+            events, raw = self._nftmon_events(text, ip_id)
+        elif self.backend == "nft":
+            events, raw = self._nft_events(text, ip_id, family=pkt.family)
         else:
             events, raw = self._legacy_events(text, ip_id)
         for ev in events:
@@ -1159,13 +1438,13 @@ class KernelHost:
             elapsed=time.monotonic() - t0,
         )
 
-    def _collect(self, start: int, ip_id: int, timeout: float, expect: bool) -> str:
+    def _collect(self, start: int, ip_id: int, timeout: float, expect: bool, family: str = "ipv4") -> str:
         """Trace text from `start` until this packet's events stopped coming (QUIET_S) or timeout.
 
-        Only lines of this packet (its IP ID, or a trace id first seen with it) restart the quiet
-        timer, so the kernel's own replies (RST, ICMP errors) don't prolong the wait.
+        Only lines of this packet (its IP ID or IPv6 flow label, or a trace id first seen with it)
+        restart the quiet timer, so the kernel's own replies (RST, ICMP errors) don't prolong the wait.
         """
-        pat = _ip_id_re(ip_id)
+        pat = _ident_re(ip_id, family)
         t0 = time.monotonic()
         deadline = t0 + timeout
         text = ""
@@ -1176,7 +1455,10 @@ class KernelHost:
         while True:
             time.sleep(0.01)
             now = time.monotonic()
-            new = self._read_from(start + consumed) if self.backend == "nft" else self._read_kmsg()
+            if family == "ipv6":
+                new = self._read6_from(start + consumed)
+            else:
+                new = self._read_from(start + consumed) if self.backend == "nft" else self._read_kmsg()
             if new:
                 consumed += len(new.encode())
                 text += new
@@ -1184,9 +1466,9 @@ class KernelHost:
                 for line in new.splitlines():
                     if pat.search(line):
                         relevant = True
-                        m = _NFT_PACKET_RE.match(line.strip())
+                        m = _NFT_PACKET_RE.match(line.strip()) or _NFTMON_RE.match(line.strip())
                         if m:
-                            trace_ids.add(m.group(2))
+                            trace_ids.add(m.group(2) if m.re is _NFT_PACKET_RE else m.group(1))
                     elif trace_ids and any(f" {tid} " in line for tid in trace_ids):
                         relevant = True
                 if relevant:
@@ -1198,14 +1480,22 @@ class KernelHost:
                 break
         return text
 
-    def _nft_events(self, text: str, ip_id: int) -> tuple[list[KEvent], str]:
+    def _nft_events(self, text: str, ip_id: int, family: str = "ipv4") -> tuple[list[KEvent], str]:
+        """The packet's events; for IPv6 (family "ipv6") ip_id is the flow label and rule handles
+        are those of the ip6 (and inet) tables."""
+        if family == "ipv6":
+            ident_key = "FLOWLBL"
+            basechains, positions_of = self._basechains6, lambda: self._positions6
+        else:
+            ident_key = "ID"
+            basechains, positions_of = self._basechains, lambda: self._positions
         groups: list[_Group] = []
         current: dict[str, _Group] = {}
         for line in text.splitlines():
             line = line.strip()
             m = _NFT_PACKET_RE.match(line)
             if m:
-                g = _Group(m.group(2), parse_fields(m.group(3)), [line])
+                g = _Group(m.group(2), parse_fields(m.group(3)), [line], nfproto=m.group(1))
                 groups.append(g)
                 current[g.trace_id] = g
                 continue
@@ -1217,7 +1507,7 @@ class KernelHost:
                     groups.append(current[tid])
                 current[tid].lines.append(line)
                 current[tid].events.append((m.group(3), m.group(4), m.group(5), (m.group(6) or "").strip()))
-        mine = [g for g in groups if g.packet.get("ID") == str(ip_id)]
+        mine = [g for g in groups if g.packet.get(ident_key) == str(ip_id)]
         events: list[KEvent] = []
         raw: list[str] = []
         refreshed = False
@@ -1228,7 +1518,7 @@ class KernelHost:
                 continue
             raw += g.lines
             hook = next(
-                (self._basechains[(t, c)] for t, c, _, _ in evs if (t, c) in self._basechains),
+                (basechains[(t, c)] for t, c, _, _ in evs if (t, c) in basechains),
                 evs[0][1].upper(),
             )
             for table, chain, kind, rest in evs:
@@ -1241,16 +1531,98 @@ class KernelHost:
                         verdict = decode_verdict(rm.group(2))
                         target = rm.group(3)
                         txt = (rm.group(4) or "").strip()
-                        rule = self._positions.get((table, chain, handle))
+                        rule = positions_of().get((table, chain, handle))
                         if rule is None and not refreshed:
                             self.refresh_handles()
                             refreshed = True
-                            rule = self._positions.get((table, chain, handle))
+                            rule = positions_of().get((table, chain, handle))
                 elif kind == "policy":
                     verdict = decode_verdict(rest.split()[0]) if rest else ""
                 else:
                     verdict = "RETURN"
                     target = rest or None
+                events.append(
+                    KEvent(
+                        hook=hook,
+                        table=table,
+                        chain=chain,
+                        kind=kind,
+                        rule=rule,
+                        verdict=verdict,
+                        target=target,
+                        text=txt,
+                        packet=dict(g.packet),
+                        trace_id=g.trace_id,
+                        group=gi,
+                        handle=handle,
+                    )
+                )
+            gi += 1
+        return events, "\n".join(raw)
+
+    def _nftmon_events(self, text: str, flow_label: int) -> tuple[list[KEvent], str]:
+        """The events of the IPv6 packet with this flow label, from `nft -a monitor trace` text."""
+        groups: list[_Group] = []
+        current: dict[str, _Group] = {}
+        for raw_line in text.splitlines():
+            m = _NFTMON_RE.match(raw_line.strip())
+            if not m:
+                continue
+            tid, fam, table, chain, kind, rest = m.groups()
+            line = raw_line.strip()
+            if kind == "packet:":
+                g = _Group(tid, parse_nft_packet(rest), [line], nfproto=fam)
+                g.packet["NFT_FAMILY"] = fam
+                groups.append(g)
+                current[tid] = g
+                continue
+            if tid not in current:
+                current[tid] = _Group(tid, {}, nfproto=fam)
+                groups.append(current[tid])
+            g = current[tid]
+            g.lines.append(line)
+            g.events.append((table, chain, kind, rest))
+            if fam != g.nfproto and g.packet.get("NFT_FAMILY") != fam:
+                # a new base chain of another family without its own packet line: keep families apart
+                g.packet["NFT_FAMILY"] = fam
+        mine = [g for g in groups if g.packet.get("FLOWLBL") == str(flow_label)]
+        events: list[KEvent] = []
+        raw: list[str] = []
+        refreshed = False
+        gi = 0
+        for g in mine:
+            evs = [e for e in g.events if e[0] != TRACE_TABLE]
+            if not evs:
+                continue
+            raw += g.lines
+            hook = next(
+                (self._basechains6[(t, c)] for t, c, _, _ in evs if (t, c) in self._basechains6),
+                evs[0][1].upper(),
+            )
+            for table, chain, kind, rest in evs:
+                rule: int | None = None
+                verdict, target, txt, handle = "", None, "", None
+                if kind == "rule":
+                    body, _, tail = rest.rpartition(" (verdict ")
+                    words = tail.rstrip(")").split()
+                    verdict = words[0].upper() if words else ""
+                    target = words[1] if len(words) > 1 and verdict in ("JUMP", "GOTO") else None
+                    hm = re.search(r"\s*# handle (\d+)\s*$", body)
+                    if hm:
+                        handle = int(hm.group(1))
+                        body = body[: hm.start()]
+                    txt = body.strip()
+                    if handle is not None:
+                        rule = self._positions6.get((table, chain, handle))
+                        if rule is None and not refreshed:
+                            self.refresh_handles()
+                            refreshed = True
+                            rule = self._positions6.get((table, chain, handle))
+                elif kind == "policy":
+                    verdict = rest.split()[0].upper() if rest.split() else ""
+                else:
+                    kind = "return"
+                    verdict = "RETURN"
                 events.append(
                     KEvent(
                         hook=hook,
@@ -1334,11 +1706,14 @@ class KernelHost:
             if ct is None or ct["proto"] != proto:
                 continue
             o = ct["orig"]
-            if o.get("src") != pkt.src or o.get("dst") != pkt.dst:
+            if pkt.family == "ipv6":
+                if ct["family"] != "ipv6" or not (_addr_eq(o.get("src"), pkt.src) and _addr_eq(o.get("dst"), pkt.dst)):
+                    continue
+            elif o.get("src") != pkt.src or o.get("dst") != pkt.dst:
                 continue
             if proto in ("tcp", "udp") and (o.get("sport"), o.get("dport")) != (pkt.sport, pkt.dport):
                 continue
-            if proto == "icmp" and (o.get("type"), o.get("id")) != (pkt.icmp_type, pkt.sport):
+            if proto in ("icmp", "icmpv6") and (o.get("type"), o.get("id")) != (pkt.icmp_type, pkt.sport):
                 continue
             return ct
         return None
@@ -1348,7 +1723,7 @@ class KernelHost:
 
     def _final(self, pkt: KPacket, events: list[KEvent], ct: dict[str, Any] | None) -> dict[str, Any]:
         final: dict[str, Any] = {"src": pkt.src, "dst": pkt.dst, "sport": pkt.sport, "dport": pkt.dport}
-        if pkt.proto.lower() == "icmp":
+        if pkt.proto.lower() in ("icmp", "icmpv6"):
             final["sport"] = final["dport"] = None
         if ct is not None and ct["reply"]:
             r = ct["reply"]

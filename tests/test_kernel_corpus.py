@@ -99,6 +99,9 @@ def test_corpus_dumps_match_kernel() -> None:
                     failures.append(f"--- {path.name}: {kp}\n{v.message}")
         finally:
             kh.__exit__(None, None, None)
+    out = os.environ.get("NFTRACE_FAILURES_FILE")
+    if out:
+        Path(out).write_text("\n".join(failures))
     assert loaded > 50, f"only {loaded} corpus dumps loaded into the kernel"
     assert not failures, (
         f"{len(failures)}/{compared} packets over {loaded} dumps disagree (NFTRACE_SEED={seed}):\n"
