@@ -98,6 +98,8 @@ def _final_problem(result: dict[str, Any], res: KResult) -> str | None:
         return None  # the path already ends where the kernel's does
     fin = res.final
     if disp == "local":
+        if not any(ev.hook == "INPUT" for ev in res.events):
+            return None  # no INPUT chain exists to show the delivery; the path already agreed
         return None if fin.get("delivered_local") else f"predicted local delivery, kernel final {fin}"
     pk = result["packet"]
     for key in ("src", "dst", "sport", "dport"):

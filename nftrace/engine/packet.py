@@ -104,6 +104,8 @@ class Packet:
     nat_src_done: bool = False
     # set by a NAT target during a nat-table walk, applied when the hook's nat table finishes
     pending_nat: Any = None
+    # the rule whose NAT target set pending_nat: {"table", "chain", "rule"}
+    pending_nat_rule: Any = None
     # output device of a re-route in OUTPUT, which the kernel's hook state shows from POSTROUTING on
     pending_oif: str | None = None
     # addresses as integers (kept in sync by set_src/set_dst)
@@ -158,6 +160,7 @@ class Packet:
             "oif": self.oif,
             "mark": self.mark,
             "ct_state": self.ct_state,
+            "ct_mark": self.ct_mark,
         }
         if self.icmp_type is not None:
             d["icmp_type"] = self.icmp_type

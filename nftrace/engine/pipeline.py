@@ -91,6 +91,8 @@ class Engine:
             # x_tables loads a table with all its built-in chains (policy ACCEPT); iptables-nft
             # creates only the base chains a dump declares or uses.
             self.ruleset = _with_all_builtins(ruleset)
+        else:
+            self.ruleset = _declared_builtins_only(ruleset)
 
     # ------------------------------------------------------------------ public
     def trace(self, pkt: Packet, origin: str) -> Trace:
@@ -288,9 +290,12 @@ class Engine:
             self._finish_table(nb, verdict, hook, "nat")
             if nb.result is None:
                 req = nb.pkt.pending_nat
-                nb.pkt.pending_nat = None
+                by = nb.pkt.pending_nat_rule
+                nb.pkt.pending_nat = nb.pkt.pending_nat_rule = None
                 old_dst = nb.pkt.dst
                 self._bind(nb, manip, req, hook, env)
+                if req is not None and nb.steps and nb.steps[-1].get("kind") == "nat":
+                    nb.steps[-1]["rule"] = by
                 if hook == "OUTPUT" and nb.result is None and nb.pkt.dst != old_dst:
                     # nf_nat_ipv4_local_fn: a new destination re-routes the packet
                     self._reroute_local(nb, "DNAT in nat OUTPUT changed the destination")
@@ -476,7 +481,7 @@ class Engine:
             # sees the output device it was called with (-o matches the old one); POSTROUTING
             # is called with the new device.  Seen in the kernel's trace.
             pkt.pending_oif = r.oif
-            b.steps.append(self._route_step(r, "reroute", {"why": why}))
+            b.steps.append(self._route_step(r, "reroute", {"why": why, "oif_from": "POSTROUTING"}))
         else:
             b.steps.append(self._route_step(r, "drop", {"why": why}))
             b.result = self._result(b, "DROP", "unroutable", {"stage": "reroute", "reason": r.reason})
@@ -513,6 +518,22 @@ def _with_all_builtins(rs: Ruleset) -> Ruleset:
             if c not in chains:
                 chains[c] = Chain(name=c, policy="ACCEPT")
         tables[name] = Table(name=name, chains=chains, line=t.line)
+    return Ruleset(family=rs.family, tables=tables, source=rs.source, warnings=rs.warnings)
+
+
+def _declared_builtins_only(rs: Ruleset) -> Ruleset:
+    """iptables-nft registers a base chain only when the dump declares it (`:NAME`), adds a
+    rule to it or sets its policy; an undeclared, empty built-in chain is never traversed."""
+
+    def absent(c: Chain) -> bool:
+        return c.builtin and c.line == 0 and not c.rules and c.policy == "ACCEPT"
+
+    if not any(absent(c) for t in rs.tables.values() for c in t.chains.values()):
+        return rs
+    tables = {
+        name: Table(name=name, chains={k: c for k, c in t.chains.items() if not absent(c)}, line=t.line)
+        for name, t in rs.tables.items()
+    }
     return Ruleset(family=rs.family, tables=tables, source=rs.source, warnings=rs.warnings)
 
 

@@ -16,6 +16,7 @@ from nftrace.engine.packet import Packet
 from nftrace.ruleset.model import Chain, Chance, Rule, Table, Unknown
 
 MAX_DEPTH = 64  # nested jumps; the kernel refuses loops at load time
+_SET_FIELDS = ("mark", "ct_mark", "tos", "ttl", "ct_state")
 
 
 class ChainLoopError(Exception):
@@ -184,12 +185,18 @@ def walk_table(
                 b.steps.append(rule_step(env, rule, "CONTINUE", None))
                 i += 1
                 continue
+            before = (pkt.mark, pkt.ct_mark, pkt.tos, pkt.ttl, pkt.ct_state)
             res = rule.target.apply(pkt, env)
             step = rule_step(env, rule, res.verdict, rule.target.name)
+            after = (pkt.mark, pkt.ct_mark, pkt.tos, pkt.ttl, pkt.ct_state)
+            if after != before:
+                # what this rule changed in the packet, for presenters that show packet state
+                step["set"] = {k: v for k, v, old in zip(_SET_FIELDS, after, before, strict=True) if v != old}
             if res.note:
                 step["note"] = res.note
             if res.nat is not None:
                 pkt.pending_nat = res.nat
+                pkt.pending_nat_rule = {"table": table.name, "chain": cname, "rule": rule.index}
             if res.unknown:
                 step["unknown"] = res.unknown
                 b.unknown = True
