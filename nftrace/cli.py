@@ -29,17 +29,31 @@ def _read(path: str, what: str) -> str:
 
 
 def add_input_args(p: argparse.ArgumentParser) -> None:
+    from nftrace.commands.snapshot import default_backend
+
     g = p.add_argument_group("rules and host")
     g.add_argument(
         "--rules", "-r", metavar="FILE|DIR|-", help="iptables-save dump ('-' for stdin), or a rulesets/ directory"
     )
+    g.add_argument(
+        "--snapshot", metavar="FILE", help="a snapshot (`nftrace snapshot -o FILE`): rules and host context in one file"
+    )
+    g.add_argument(
+        "--host", action="store_true", help="this live host: take a snapshot in memory (read-only; needs root)"
+    )
+    g.add_argument("--netns", metavar="NAME", help="with --host: the network namespace NAME (`ip netns list`)")
     g.add_argument("--routes", metavar="FILE", help="`ip route show table all` output (text or ip -j JSON)")
     g.add_argument("--addrs", metavar="FILE", help="`ip addr` output (text or JSON)")
     g.add_argument("--ip-rules", metavar="FILE", help="`ip rule` output (text or JSON)")
     g.add_argument("--sysctl", metavar="KEY=VALUE", action="append", default=[], help="a sysctl (repeatable)")
     g.add_argument("--local-addr", metavar="ADDR", action="append", default=[], help="an address of this host")
     g.add_argument("--ipsets", metavar="FILE", help="`ipset save` output")
-    g.add_argument("--backend", choices=("nft", "legacy"), default="nft", help="iptables backend semantics")
+    g.add_argument(
+        "--backend",
+        choices=("nft", "legacy"),
+        default=default_backend(),
+        help="iptables backend semantics (default: nft, or the snapshot's)",
+    )
 
 
 def add_packet_args(p: argparse.ArgumentParser) -> None:
@@ -89,23 +103,46 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------- loading
 
 
-def load_inputs(args: argparse.Namespace) -> tuple[Any, Any, Any]:
-    """(ruleset, host context, ipsets) from the common flags."""
+def load_inputs(args: argparse.Namespace, family: str | None = None) -> tuple[Any, Any, Any]:
+    """(ruleset, host context, ipsets) from the common flags.
+
+    `family` (ipv4/ipv6) picks the dump of a snapshot (--snapshot/--host) or of a rulesets/
+    directory; by default it is the family of the packet given on the command line (flow string,
+    --dst/--src, or the lines of --batch), IPv4 when there is none."""
+    import re
+
+    from nftrace.commands.snapshot import load_snapshot_inputs, packet_family
     from nftrace.host.parse import build_host_context
     from nftrace.ruleset.ipsets import parse_ipsets
     from nftrace.ruleset.parser import parse_rules
 
+    if getattr(args, "snapshot", None) or getattr(args, "host", False):
+        return load_snapshot_inputs(args, family)
+    if getattr(args, "netns", None):
+        raise UsageError("--netns goes with --host (to snapshot a namespace to a file: nftrace snapshot --netns NAME)")
     rules_path = args.rules
     routes, addrs, iprules, ipsets_path = args.routes, args.addrs, args.ip_rules, args.ipsets
     sysctls = list(args.sysctl)
     if rules_path is None:
-        raise UsageError("no rules given: use --rules FILE (an iptables-save dump, '-' for stdin, or a rulesets/ dir)")
+        raise UsageError(
+            "no rules given: use --rules FILE (an iptables-save dump, '-' for stdin, or a rulesets/ dir), "
+            "--snapshot FILE or --host"
+        )
+    if family is None:
+        family = packet_family(args)
     if rules_path != "-" and os.path.isdir(rules_path):
         d = Path(rules_path)
         cand = [d / "iptables.rules", d / "rules.v4"]
+        if family == "ipv6":
+            cand = [d / "ip6tables.rules", d / "rules.v6", *cand]
         found = next((c for c in cand if c.is_file()), None)
         if found is None:
-            raise InputError("directory has no iptables.rules", file=rules_path)
+            want = "ip6tables.rules, rules.v6, " if family == "ipv6" else ""
+            raise InputError(
+                f"directory has no iptables.rules (looked for {want}iptables.rules, rules.v4): "
+                "give the iptables-save dump itself with --rules FILE",
+                file=rules_path,
+            )
         rules_path = str(found)
         routes = routes or _maybe(d / "routes.txt")
         addrs = addrs or _maybe(d / "addrs.txt")
@@ -119,11 +156,23 @@ def load_inputs(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     text = _read(rules_path, "rules")
     stripped = text.lstrip()
     if stripped.startswith("{"):
-        raise InputError("this looks like a JSON file (a snapshot?), not an iptables-save dump", file=rules_path)
+        hint = f": use --snapshot {rules_path}" if '"nftrace.snapshot/' in text[:4096] else " (a snapshot?)"
+        raise InputError(f"this looks like a JSON file{hint}, not an iptables-save dump", file=rules_path)
     if not stripped:
-        raise InputError("the rules file is empty", file=rules_path)
+        raise InputError(
+            "the rules file is empty: give what iptables-save prints ('*filter' ... 'COMMIT')", file=rules_path
+        )
+    if "\x00" in text:
+        raise InputError(
+            "this is a binary file (it holds NUL bytes), not an iptables-save dump: "
+            "give what iptables-save prints ('*filter' ... 'COMMIT')",
+            file=rules_path,
+        )
     name = "<stdin>" if rules_path == "-" else rules_path
     rs = parse_rules(text, name)
+    if family == "ipv6" and rs.family == "ipv4" and not re.search(r"(?<![\w.:])\d{1,3}(?:\.\d{1,3}){3}(?![\w.])", text):
+        # a dump without any address says nothing of its family: an IPv6 packet means ip6tables-save
+        rs = parse_rules(text, name, family="ipv6")
     if not rs.tables:
         raise InputError("no tables in the rules (expected '*filter' ... 'COMMIT')", file=name)
     host = build_host_context(
@@ -150,7 +199,10 @@ def packet_dict(args: argparse.Namespace) -> dict[str, Any]:
             d[key] = v
     if args.local:
         if d.get("iif"):
-            raise UsageError("--local and --iif exclude each other")
+            raise UsageError(
+                "--local and --iif exclude each other: a packet either arrives on an interface (--iif IF) "
+                "or is sent by a local process (--local)"
+            )
         d["origin"] = "local"
     elif d.get("iif"):
         d["origin"] = "ingress"

@@ -1180,10 +1180,9 @@ class KernelHost:
         while time.monotonic() < deadline:
             ip_id = self._new_id()
             start = self._mon_size()
-            try:
+            # the ruleset's OUTPUT may drop the probe (EPERM): its trace events still come
+            with contextlib.suppress(OSError):
                 self._send_local_raw(KPacket("local", "udp", "127.0.0.1", "127.0.0.1", 9, 9), ip_id)
-            except OSError:
-                pass  # the ruleset's OUTPUT may drop the probe (EPERM): its trace events still come
             t_end = time.monotonic() + 0.2
             while time.monotonic() < t_end:
                 if _ip_id_re(ip_id).search(self._read_from(start)):

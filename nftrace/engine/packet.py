@@ -57,6 +57,13 @@ def canonical_proto(p: str | int) -> str:
     p = p.lower()
     if p in ("ipv6-icmp", "icmp6"):
         return "icmpv6"
+    if p not in PROTO_NUMBERS:
+        # any other /etc/protocols name (pim, l2tp ...): named as the rules' -p names it, by number
+        from nftrace.ruleset.ext.basic import PROTO_BY_NAME
+
+        num = PROTO_BY_NAME.get(p)
+        if num is not None:
+            return PROTO_NAMES.get(num, str(num))
     return p
 
 
@@ -267,6 +274,23 @@ def icmp_ct_state(proto: str, icmp_type: int | None) -> str:
     return "UNTRACKED" if icmp_type in _ICMPV6_UNTRACKED else "INVALID"
 
 
+def _whole(v: Any, key: str, lo: int, hi: int, file: str | None, base: int = 10) -> int | None:
+    """A whole number lo..hi from a flag, a flow word or a JSON value (None when absent)."""
+    if v is None or v == "":
+        return None
+    try:
+        if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
+            raise ValueError
+        n = int(v.strip(), base) if isinstance(v, str) else int(v)
+    except (TypeError, ValueError, OverflowError):
+        what = "a port number" if key in ("sport", "dport") else "a whole number"
+        raise InputError(f"{key}: {v!r} is not {what}", file=file) from None
+    if not lo <= n <= hi:
+        raise InputError(f"{key}: {n} is out of range {lo}..{hi:#x}" if base == 0 else
+                         f"{key}: {n} is out of range {lo}..{hi}", file=file)  # fmt: skip
+    return n
+
+
 def _addr(text: str, what: str, file: str | None) -> tuple[str, str]:
     try:
         a = ipaddress.ip_address(text)
@@ -348,6 +372,10 @@ def packet_from_dict(d: dict[str, Any], file: str | None = None) -> tuple[Packet
     if not proto_raw:
         raise InputError("packet needs a protocol (tcp, udp, icmp, ...)", file=file)
     proto = canonical_proto(str(proto_raw))
+    if proto not in PROTO_NUMBERS and not (proto.isdigit() and int(proto) <= 255):
+        raise InputError(
+            f"unknown protocol {str(proto_raw)!r}: give a name such as tcp, udp, icmp, or a number 0..255", file=file
+        )
     if not d.get("dst"):
         raise InputError("packet needs a destination address", file=file)
     dst, fam = _addr(str(d["dst"]), "destination", file)
@@ -364,19 +392,7 @@ def packet_from_dict(d: dict[str, Any], file: str | None = None) -> tuple[Packet
     if proto == "icmp" and family == "ipv6":
         proto = "icmpv6"
 
-    def port(key: str) -> int | None:
-        v = d.get(key)
-        if v is None or v == "":
-            return None
-        try:
-            n = int(v)
-        except (TypeError, ValueError):
-            raise InputError(f"{key}: {v!r} is not a port number", file=file) from None
-        if not 0 <= n <= 65535:
-            raise InputError(f"{key}: {n} is out of range 0..65535", file=file)
-        return n
-
-    sport, dport = port("sport"), port("dport")
+    sport, dport = _whole(d.get("sport"), "sport", 0, 65535, file), _whole(d.get("dport"), "dport", 0, 65535, file)
     if proto in PORT_PROTOS:
         if dport is None:
             raise InputError(f"a {proto} packet needs a destination port (--dport)", file=file)
@@ -387,11 +403,7 @@ def packet_from_dict(d: dict[str, Any], file: str | None = None) -> tuple[Packet
     state = str(d.get("ct_state") or "NEW").upper()
     if state not in CT_STATES:
         raise InputError(f"conntrack state must be one of {', '.join(CT_STATES)}, not {state!r}", file=file)
-    mark_raw = d.get("mark", 0) or 0
-    try:
-        mark = int(str(mark_raw), 0) if not isinstance(mark_raw, int) else mark_raw
-    except ValueError:
-        raise InputError(f"mark: {mark_raw!r} is not a number", file=file) from None
+    mark = _whole(d.get("mark"), "mark", 0, 0xFFFFFFFF, file, base=0) or 0
     icmp_type: int | None = None
     icmp_code: int | None = None
     if proto in ("icmp", "icmpv6"):
@@ -399,13 +411,13 @@ def packet_from_dict(d: dict[str, Any], file: str | None = None) -> tuple[Packet
         table = ICMP_TYPES if proto == "icmp" else ICMPV6_TYPES
         if it is None or it == "":
             icmp_type, icmp_code = (8, 0) if proto == "icmp" else (128, 0)
-        elif isinstance(it, int) or str(it).split("/")[0].isdigit():
-            parts = str(it).split("/")
-            icmp_type = int(parts[0])
-            icmp_code = int(parts[1]) if len(parts) > 1 else int(d.get("icmp_code") or 0)
+        elif (isinstance(it, int) and not isinstance(it, bool)) or str(it).split("/")[0].isdigit():
+            parts = str(it).split("/", 1)
+            icmp_type = _whole(parts[0], "icmp_type", 0, 255, file)
+            icmp_code = _whole(parts[1] if len(parts) > 1 else d.get("icmp_code"), "icmp_code", 0, 255, file) or 0
         elif str(it) in table:
-            t, c = table[str(it)]
-            icmp_type, icmp_code = t, (c if c is not None else int(d.get("icmp_code") or 0))
+            icmp_type, c = table[str(it)]
+            icmp_code = c if c is not None else _whole(d.get("icmp_code"), "icmp_code", 0, 255, file) or 0
         else:
             raise InputError(f"unknown ICMP type {it!r}", file=file)
         if not d.get("ct_state"):
@@ -442,14 +454,13 @@ def packet_from_dict(d: dict[str, Any], file: str | None = None) -> tuple[Packet
         tcp_flags=flags,
         untracked=state == "UNTRACKED",
     )
-    if d.get("ttl") is not None:
-        pkt.ttl = int(d["ttl"])
-    if d.get("length") is not None:
-        pkt.length = int(d["length"])
-    if d.get("uid") is not None:
-        pkt.uid = int(d["uid"])
-    if d.get("gid") is not None:
-        pkt.gid = int(d["gid"])
-    if d.get("ct_mark") is not None:
-        pkt.ct_mark = int(str(d["ct_mark"]), 0)
+    ttl = _whole(d.get("ttl"), "ttl", 0, 255, file)
+    if ttl is not None:
+        pkt.ttl = ttl
+    pkt.length = _whole(d.get("length"), "length", 0, 65535, file)
+    pkt.uid = _whole(d.get("uid"), "uid", 0, 0xFFFFFFFF, file)
+    pkt.gid = _whole(d.get("gid"), "gid", 0, 0xFFFFFFFF, file)
+    ct_mark = _whole(d.get("ct_mark"), "ct_mark", 0, 0xFFFFFFFF, file, base=0)
+    if ct_mark is not None:
+        pkt.ct_mark = ct_mark
     return pkt, origin

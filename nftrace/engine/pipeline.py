@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nftrace.engine.env import Env
+from nftrace.engine.index import RulesetIndex
 from nftrace.engine.packet import Packet
 from nftrace.engine.walker import Branch, ChainLoopError, WalkOptions, walk_table
 from nftrace.errors import InputError
@@ -83,6 +84,8 @@ class Engine:
         self.ipsets = ipsets
         self.backend = backend
         self.options = options or WalkOptions()
+        #: indexes of the long chains, built on first use (None: walk every chain linearly)
+        self.index: RulesetIndex | None = RulesetIndex(host_known=not host.empty)
         # Connection tracking runs in a network namespace only once a rule needs it
         # (a NAT target, -m conntrack/state/connmark, CT, CONNMARK ...).  Without it
         # there is no connection: nat chains are never traversed.
@@ -97,13 +100,19 @@ class Engine:
     # ------------------------------------------------------------------ public
     def trace(self, pkt: Packet, origin: str) -> Trace:
         if pkt.family != self.ruleset.family:
+            have, want = ("ip6tables", "iptables") if self.ruleset.family == "ipv6" else ("iptables", "ip6tables")
             raise InputError(
-                f"the packet is {pkt.family} but the rules are {self.ruleset.family} "
-                f"({'ip6tables' if self.ruleset.family == 'ipv6' else 'iptables'}-save)"
+                f"the packet is {pkt.family} but the rules are {self.ruleset.family} ({have}-save): give the "
+                f"{want}-save dump with --rules for this packet, or an {self.ruleset.family} packet",
+                file=self.ruleset.source,
             )
-        if origin == "ingress" and pkt.iif and self.host.links and self.host.link(pkt.iif) is None:
-            names = ", ".join(link.name for link in self.host.links)
-            raise InputError(f"unknown input interface {pkt.iif!r}: this host has {names}")
+        # the pseudo-link '*' of --local-addr holds addresses only: it says nothing of the interfaces
+        real = [link.name for link in self.host.links if link.name != "*"]
+        if origin == "ingress" and pkt.iif and real and self.host.link(pkt.iif) is None:
+            raise InputError(
+                f"unknown input interface {pkt.iif!r}: this host has {', '.join(real)}; "
+                "give one of these with --iif (or 'iif NAME' in the flow string)"
+            )
         warnings: list[str] = list(self.host.provenance)
         if self.host.empty:
             warnings.append(
@@ -212,7 +221,7 @@ class Engine:
                     self._after_table(br, env, table_name, hook)
                     nxt.append(br)
                     continue
-                for nb, verdict in walk_table(br, table, hook, env, self.options, budget):
+                for nb, verdict in walk_table(br, table, hook, env, self.options, budget, self.index):
                     self._finish_table(nb, verdict, hook, table_name)
                     if nb.result is None:
                         self._after_table(nb, env, table_name, hook)
@@ -236,6 +245,13 @@ class Engine:
         if verdict == "QUEUE":
             b.result = self._result(b, "QUEUE", "queued", at)
             b.unknown = True
+            last = b.steps[-1] if b.steps else {}
+            if not last.get("unknown"):
+                # `-j QUEUE` (NFQUEUE already says so): the branch carries its assumption
+                b.conditions.append(
+                    f"{table} {at.get('chain')} rule {at.get('rule')}: queued to userspace (QUEUE): "
+                    "the program listening there decides the packet's fate"
+                )
             return
         b.result = self._result(b, "DROP", "dropped", at)
 
@@ -266,7 +282,7 @@ class Engine:
             return [b]
         out = []
         before = (b.pkt.mark, b.pkt.src, b.pkt.dst, b.pkt.tos)
-        for nb, verdict in walk_table(b, table, "OUTPUT", env, self.options, budget):
+        for nb, verdict in walk_table(b, table, "OUTPUT", env, self.options, budget, self.index):
             self._finish_table(nb, verdict, "OUTPUT", "mangle")
             if nb.result is None and (nb.pkt.mark, nb.pkt.src, nb.pkt.dst, nb.pkt.tos) != before:
                 # ipt_mangle_out: a changed mark/address/tos re-routes the packet
@@ -286,7 +302,7 @@ class Engine:
         if table is None or hook not in table.chains:
             self._bind(b, manip, None, hook, env)
             return [b]
-        for nb, verdict in walk_table(b, table, hook, env, self.options, budget):
+        for nb, verdict in walk_table(b, table, hook, env, self.options, budget, self.index):
             self._finish_table(nb, verdict, hook, "nat")
             if nb.result is None:
                 req = nb.pkt.pending_nat

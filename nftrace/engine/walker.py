@@ -9,11 +9,14 @@ the branch: both continuations are explored, each carrying its condition.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nftrace.engine.env import Env
 from nftrace.engine.packet import Packet
 from nftrace.ruleset.model import Chain, Chance, Rule, Table, Unknown
+
+if TYPE_CHECKING:
+    from nftrace.engine.index import ChainIndex, RulesetIndex
 
 MAX_DEPTH = 64  # nested jumps; the kernel refuses loops at load time
 _SET_FIELDS = ("mark", "ct_mark", "tos", "ttl", "ct_state")
@@ -76,13 +79,23 @@ def rule_step(env: Env, rule: Rule, verdict: str, target: str | None) -> dict[st
 
 
 def walk_table(
-    br: Branch, table: Table, hook: str, env: Env, opts: WalkOptions, budget: list[int]
+    br: Branch,
+    table: Table,
+    hook: str,
+    env: Env,
+    opts: WalkOptions,
+    budget: list[int],
+    index: RulesetIndex | None = None,
 ) -> list[tuple[Branch, str]]:
     """Run `table`'s built-in chain `hook` for branch br.
 
     Returns (branch, verdict) pairs, verdict one of ACCEPT DROP QUEUE.
     `budget` is a one-element list counting how many more forks may be made.
+    `index` (nftrace.engine.index) skips the rules of long chains that certainly do not
+    match; it is not used with all_rules, which shows every evaluated rule.
     """
+    if opts.all_rules:
+        index = None
     env.hook = hook
     env.table = table.name
     out: list[tuple[Branch, str]] = []
@@ -93,7 +106,14 @@ def walk_table(
         chain: Chain = table.chains[cname]
         rules = chain.rules
         pkt = b.pkt
+        ix_chain: Chain | None = None
+        ix: ChainIndex | None = None
         while True:
+            if index is not None:
+                if chain is not ix_chain:
+                    ix_chain, ix = chain, index.get(chain)
+                if ix is not None:
+                    i = ix.next(pkt, i)
             if i >= len(rules):
                 if stack:
                     if not opts.all_rules:
@@ -127,6 +147,11 @@ def walk_table(
                         f"({m.text}) assumed not to match; other outcomes not explored"
                     )
                     b.unknown = True
+                    # an unknown branch carries its assumption in its conditions
+                    b.conditions.append(
+                        f"{table.name} {cname} rule {rule.index}: assumed NOT to match: {m.text}: "
+                        "branch limit reached, other outcomes not explored"
+                    )
                     matched = False
                     break
                 budget[0] -= 1

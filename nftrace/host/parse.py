@@ -1380,7 +1380,7 @@ def build_host_context(
         ctx.provenance.append("no routes or addresses given")
 
     if rules_file is None:
-        ctx.provenance.append("ip rules: the kernel's defaults (none given)")
+        ctx.provenance.append("no `ip rule` output given: the kernel's default rules (local, main, default) assumed")
     for fam, defaults in (("ipv4", DEFAULT_IPV4_RULES), ("ipv6", DEFAULT_IPV6_RULES)):
         if not any(r.family == fam for r in ctx.rules):
             ctx.rules.extend(_copy_rule(r) for r in defaults)

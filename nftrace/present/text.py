@@ -32,13 +32,15 @@ class Style:
         return f"\x1b[{code}m{text}\x1b[0m"
 
 
-def flow_text(p: dict[str, Any], origin: str | None = None) -> str:
-    def ep(addr: str, port: Any) -> str:
-        if port is None:
-            return addr
-        return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+def _ep(addr: Any, port: Any) -> str:
+    a = str(addr)
+    if port is None:
+        return a
+    return f"[{a}]:{port}" if ":" in a else f"{a}:{port}"
 
-    s = f"{p.get('proto', '?')} {ep(p['src'], p.get('sport'))} > {ep(p['dst'], p.get('dport'))}"
+
+def flow_text(p: dict[str, Any], origin: str | None = None) -> str:
+    s = f"{p.get('proto', '?')} {_ep(p['src'], p.get('sport'))} > {_ep(p['dst'], p.get('dport'))}"
     if origin == "local":
         s += " local"
     elif p.get("iif"):
@@ -132,8 +134,7 @@ def render_result(r: dict[str, Any], st: Style, uncertain: bool) -> str:
     v = r["verdict"]
     disp = r["disposition"]
     prefix = "  => " + ("if the conditions hold: " if uncertain else "")
-    pk = f"{p.get('src')}" + (f":{p['sport']}" if p.get("sport") is not None else "")
-    pk += f" > {p.get('dst')}" + (f":{p['dport']}" if p.get("dport") is not None else "")
+    pk = f"{_ep(p.get('src'), p.get('sport'))} > {_ep(p.get('dst'), p.get('dport'))}"
     if disp == "dropped" or v == "DROP":
         at = r.get("at") or {}
         if at.get("stage"):
