@@ -21,7 +21,9 @@ def _read(path: str, what: str) -> str:
     if path == "-":
         return sys.stdin.read()
     try:
-        return Path(path).read_text(encoding="utf-8", errors="surrogateescape")
+        # newline="": keep CR line ends, so the parser can say the kernel would refuse them
+        with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
+            return f.read()
     except IsADirectoryError:
         raise InputError(f"{what} is a directory", file=path) from None
     except OSError as e:
@@ -169,10 +171,12 @@ def load_inputs(args: argparse.Namespace, family: str | None = None) -> tuple[An
             file=rules_path,
         )
     name = "<stdin>" if rules_path == "-" else rules_path
-    rs = parse_rules(text, name)
+    # strict=False: CRLF line ends and trailing blanks (a dump that went through a Windows
+    # editor or a chat) are read, with a warning that iptables-restore would refuse them.
+    rs = parse_rules(text, name, strict=False)
     if family == "ipv6" and rs.family == "ipv4" and not re.search(r"(?<![\w.:])\d{1,3}(?:\.\d{1,3}){3}(?![\w.])", text):
         # a dump without any address says nothing of its family: an IPv6 packet means ip6tables-save
-        rs = parse_rules(text, name, family="ipv6")
+        rs = parse_rules(text, name, family="ipv6", strict=False)
     if not rs.tables:
         raise InputError("no tables in the rules (expected '*filter' ... 'COMMIT')", file=name)
     host = build_host_context(

@@ -25,8 +25,16 @@ COMMIT
 """
 
 
-def test_canonical_dump_with_crlf_counters_and_quotes() -> None:
-    rs = parse_rules(DUMP, "d.rules")
+def test_crlf_is_refused_like_iptables_restore_unless_tolerated() -> None:
+    with pytest.raises(InputError) as ei:
+        parse_rules(DUMP, "d.rules")
+    assert "d.rules:2:" in ei.value.one_line() and "CR" in ei.value.one_line()
+    rs = parse_rules(DUMP, "d.rules", strict=False)
+    assert rs.warnings and "iptables-restore refuses" in rs.warnings[0]
+
+
+def test_canonical_dump_with_counters_and_quotes() -> None:
+    rs = parse_rules(DUMP, "d.rules", strict=False)
     assert set(rs.tables) == {"nat", "filter"}
     pre = rs.tables["nat"].chains["PREROUTING"]
     assert pre.policy == "ACCEPT"
@@ -44,8 +52,9 @@ def test_tokenizer_quotes_and_escapes() -> None:
     toks, quoted = tokenize('-A X -m comment --comment "a \\"b\\" c" -j LOG --log-prefix "x: "', "f", 1)
     assert toks == ["-A", "X", "-m", "comment", "--comment", 'a "b" c', "-j", "LOG", "--log-prefix", "x: "]
     assert quoted == frozenset({5, 9})
-    with pytest.raises(InputError):
-        tokenize('-A X -m comment --comment "open', "f", 1)
+    # an unterminated quote runs to the end of the line, as iptables-restore reads it (both backends load it)
+    toks, quoted = tokenize('-A X -m comment --comment "open', "f", 1)
+    assert toks[-1] == "open" and len(toks) - 1 in quoted
 
 
 def test_restore_form_chains_declared_after_use_and_insert() -> None:

@@ -113,7 +113,7 @@ class Engine:
                 f"unknown input interface {pkt.iif!r}: this host has {', '.join(real)}; "
                 "give one of these with --iif (or 'iif NAME' in the flow string)"
             )
-        warnings: list[str] = list(self.host.provenance)
+        warnings: list[str] = list(self.ruleset.warnings) + list(self.host.provenance)
         if self.host.empty:
             warnings.append(
                 "no host context given (--routes/--addrs/--snapshot): routing, addrtype and local "

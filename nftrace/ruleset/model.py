@@ -54,15 +54,28 @@ class Option:
 
 
 class MatchSpec:
-    """Base class of every parsed match.  Subclasses live in nftrace.ruleset.ext."""
+    """Base class of every parsed match.  Subclasses live in nftrace.ruleset.ext.
+
+    `text` is the section as iptables-save prints it (`-m tcp --dport 22`);
+    `canonical()` returns it unless a subclass knows better.  `hooks`, when
+    set, names the netfilter hooks the kernel accepts the match in (checked
+    for every chain the rule's chain is reachable from, as the kernel does).
+    """
 
     name: ClassVar[str] = "?"
     #: evaluated exactly ("exact"), or only by assumption ("unknown").
     exactness: ClassVar[str] = "exact"
     text: str = ""
+    hooks: frozenset[str] | None = None
+    #: tables the kernel accepts the match in (None = any)
+    tables: tuple[str, ...] | None = None
 
     def evaluate(self, pkt: Packet, env: Env) -> MatchOutcome:
         raise NotImplementedError
+
+    def canonical(self) -> str:
+        """This match as iptables-save prints it (without the leading space)."""
+        return self.text
 
     def why_not(self, pkt: Packet, env: Env) -> str:
         """Human text saying why this match did not hold for pkt."""
@@ -95,10 +108,16 @@ class TargetSpec:
     exactness: ClassVar[str] = "exact"
     text: str = ""
     #: tables the target is valid in (None = any)
-    tables: ClassVar[tuple[str, ...] | None] = None
+    tables: tuple[str, ...] | None = None
+    #: hooks the kernel accepts the target in (None = any); see MatchSpec.hooks
+    hooks: frozenset[str] | None = None
 
     def apply(self, pkt: Packet, env: Env) -> TargetResult:
         raise NotImplementedError
+
+    def canonical(self) -> str:
+        """This target as iptables-save prints it (`-j NAME --opt ...`)."""
+        return self.text
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.text!r}>"

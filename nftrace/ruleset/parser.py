@@ -1,20 +1,53 @@
 """iptables-save / iptables-restore text -> Ruleset.
 
-Accepts what iptables-save prints (canonical order, counters `[p:b]`), what
-kube-proxy and firewalld feed to iptables-restore (`-N`, `-I`, `-F`, `-X`,
-`-P`, `-D` lines, chains declared after use), CRLF line ends and comments.
-Every rule keeps its text and line.  Errors are raised as InputError naming the
-file and line.
+The parser accepts exactly what `iptables-restore` loads, file by file, and
+refuses the rest with one InputError naming the file, the line and the
+reason.  The reference is the kernel's own tool, run in a throwaway network
+namespace (tests/test_corpus_parse.py):
+
+- lines as iptables-restore reads them: `*table`, `:CHAIN POLICY [p:b]`,
+  `COMMIT` alone on its line, `#` comments in column 0, empty lines; a line
+  of blanks, a `COMMIT ` with a trailing blank or a CR (DOS line end) is an
+  error there, so it is one here (`strict=False` tolerates CR and trailing
+  blanks, with a warning);
+- each other line is one iptables command, split as iptables-restore splits
+  it (blanks separate words, `"..."` groups with `\\` escapes, `'` is an
+  ordinary character) and parsed as getopt_long does: options in any order,
+  `--opt=value`, `-pvalue`, unambiguous abbreviations (`--dport` for
+  `--destination-port`, `--proto`), `!` before an option;
+- commands -A -I -D -R -N -X -F -Z -P -E -C -L -S; `-4`/`-6` lines for the
+  other family are skipped; `-t` is refused (the table is the `*table`);
+- a chain must be declared (`:NAME` or `-N`) before a rule jumps to it, and a
+  second `*table` section of the same table starts from an empty table, as
+  both the legacy and the nf_tables backends do;
+- `-j NAME` names a user chain whenever one exists at that point, even when
+  an extension target has the same name;
+- extension options are dispatched to the most recently loaded extension that
+  owns them; an option no loaded extension knows loads the match named after
+  `-p` once (`-p tcp --dport 22` is `-p tcp -m tcp --dport 22`);
+- what the kernel checks when the table is committed: jump loops, and the
+  tables and hooks each match/target is valid in, for every hook a chain is
+  reachable from (a chain no base chain reaches is not checked, as in the kernel).
+
+Where the two backends disagree, a file loads only if both load it, with two
+deliberate exceptions that follow iptables-nft, the default backend: a last
+`COMMIT` without a newline after it, and TCPMSS without a SYN-flag match.
+Objects outside the dump (ipsets, nfacct objects, conntrack helpers, SELinux
+contexts) are assumed to exist on the dump's host.
+
+Every rule keeps its text (as `-A CHAIN ...`) and its line.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
-from collections.abc import Container
+from dataclasses import dataclass, field
 
 from nftrace.errors import InputError
 from nftrace.ruleset import registry
-from nftrace.ruleset.ext.basic import basic_match
+from nftrace.ruleset.canonical import canonical_text
+from nftrace.ruleset.ext.basic import basic_match, protocol_number, protocol_save_name
 from nftrace.ruleset.model import (
     BUILTIN_CHAINS,
     STANDARD_VERDICTS,
@@ -26,603 +59,1042 @@ from nftrace.ruleset.model import (
     Table,
     TargetSpec,
 )
-from nftrace.ruleset.registry import ParseCtx
+from nftrace.ruleset.registry import Arg, ExtDef, ParseCtx
 
-_BASIC = {
-    "-s": "s",
-    "--source": "s",
-    "--src": "s",
-    "-d": "d",
-    "--destination": "d",
-    "--dst": "d",
-    "-p": "p",
-    "--protocol": "p",
-    "-i": "i",
-    "--in-interface": "i",
-    "-o": "o",
-    "--out-interface": "o",
-    "-f": "f",
-    "--fragment": "f",
-}
-_MATCH = {"-m", "--match"}
-_JUMP = {"-j", "--jump"}
-_GOTO = {"-g", "--goto"}
-_COUNTERS = {"-c", "--set-counters"}
-_COUNTER_PREFIX = re.compile(r"^\[(\d+):(\d+)\]\s+")
-_CHAIN_NAME = re.compile(r"^[^\s!]{1,28}$")
-_POLICIES = {"ACCEPT", "DROP", "-"}
+_CMD_LONG = {
+    "append": "A", "insert": "I", "delete": "D", "replace": "R", "new-chain": "N", "delete-chain": "X",
+    "flush": "F", "zero": "Z", "policy": "P", "rename-chain": "E", "check": "C", "list": "L",
+    "list-rules": "S",
+}  # fmt: skip
+_CMD_NAMES = {v: k for k, v in _CMD_LONG.items()}
+_OPT_LONG = {
+    "source": "s", "src": "s", "destination": "d", "dst": "d", "protocol": "p", "in-interface": "i",
+    "out-interface": "o", "jump": "j", "goto": "g", "match": "m", "fragment": "f", "set-counters": "c",
+    "ipv4": "4", "ipv6": "6", "verbose": "v", "numeric": "n", "exact": "x", "line-numbers": "#",
+    "wait": "w", "wait-interval": "W", "table": "t", "modprobe": "M", "help": "h", "version": "V",
+}  # fmt: skip
+_BASE_LONG = {**_CMD_LONG, **_OPT_LONG}
+_RULE_CMDS = frozenset("AIDRC")
+_FAST_SHORT = frozenset("AIDRNPECspdiojgmcf46")
+_VALUE_OPTS = frozenset("mjgpsdio")
+_ARG_OPTS = frozenset("sdpiojgmc")  # short options that take an argument
+_FLAG_OPTS = frozenset("f46vnx#")
+_INVERTIBLE = frozenset("sdpiof")
+_CHAIN_MAX = 28
+_STANDARD_CHAIN_CLASH = STANDARD_VERDICTS
 
-# Names iptables ships extensions for that we parse generically (evaluated as
-# unknown) when no module of ours registers them.  Anything else is an error, as
-# iptables-restore would refuse it ("Couldn't load match").
-KNOWN_EXTENSIONS = frozenset(
-    [
-        "addrtype",
-        "ah",
-        "bpf",
-        "cgroup",
-        "cluster",
-        "comment",
-        "connbytes",
-        "connlabel",
-        "connlimit",
-        "connmark",
-        "conntrack",
-        "cpu",
-        "dccp",
-        "devgroup",
-        "dscp",
-        "dst",
-        "ecn",
-        "esp",
-        "eui64",
-        "frag",
-        "hashlimit",
-        "hbh",
-        "helper",
-        "hl",
-        "icmp",
-        "icmp6",
-        "iprange",
-        "ipv6header",
-        "ipvs",
-        "length",
-        "limit",
-        "mac",
-        "mark",
-        "mh",
-        "multiport",
-        "nfacct",
-        "osf",
-        "owner",
-        "physdev",
-        "pkttype",
-        "policy",
-        "quota",
-        "rateest",
-        "realm",
-        "recent",
-        "rpfilter",
-        "rt",
-        "sctp",
-        "set",
-        "socket",
-        "state",
-        "statistic",
-        "string",
-        "tcp",
-        "tcpmss",
-        "time",
-        "tos",
-        "ttl",
-        "u32",
-        "udp",
-        "udplite",
-        "srh",
-        "AUDIT",
-        "CHECKSUM",
-        "CLASSIFY",
-        "CLUSTERIP",
-        "CONNMARK",
-        "CONNSECMARK",
-        "CT",
-        "DNAT",
-        "DNPT",
-        "DSCP",
-        "ECN",
-        "HL",
-        "HMARK",
-        "IDLETIMER",
-        "LED",
-        "LOG",
-        "MARK",
-        "MASQUERADE",
-        "NETMAP",
-        "NFLOG",
-        "NFQUEUE",
-        "NOTRACK",
-        "RATEEST",
-        "REDIRECT",
-        "REJECT",
-        "SECMARK",
-        "SET",
-        "SNAT",
-        "SNPT",
-        "SYNPROXY",
-        "TCPMSS",
-        "TCPOPTSTRIP",
-        "TEE",
-        "TOS",
-        "TPROXY",
-        "TRACE",
-        "TTL",
-        "ULOG",
-    ]
-)
+_SAFE_WORD = re.compile(r"^[^\s\"\\]+$")
 
 
-def tokenize(line: str, ctx_file: str, lineno: int) -> tuple[list[str], frozenset[int]]:
-    """Split a rule line as iptables-restore does; return tokens and the indexes of quoted ones."""
-    if '"' not in line and "\\" not in line:
-        return line.split(), frozenset()
+_TOKEN = re.compile(r'([^ \t\n"]*)"((?:[^"\\]|\\.)*)("?)|[^ \t\n"]+')
+_UNESCAPE = re.compile(r"\\(.)", re.S)
+_T_MSG = "the -t option cannot be used in iptables-restore input (the table is the '*table' line)"
+
+
+def tokenize(line: str, ctx_file: str = "<rules>", lineno: int = 0) -> tuple[list[str], frozenset[int]]:
+    """Split a rule line as iptables-restore does; return the words and the indexes of quoted ones.
+
+    Blanks (space, tab) separate words; `"` starts a quoted part that ends at the next
+    unescaped `"` and also ends the word; inside quotes `\\x` is x.  An unterminated quote
+    runs to the end of the line, as in iptables-restore (which loads such a line: the rest
+    of the line becomes one argument); parse_rules adds a warning for it.
+    """
+    tokens, quoted, _ = _tokenize(line)
+    return tokens, quoted
+
+
+def _tokenize(line: str) -> tuple[list[str], frozenset[int], bool]:
+    """tokenize(), plus whether a quote was left open."""
+    if '"' not in line:
+        if "\r" in line or "\x0b" in line or "\x0c" in line or not line.isascii():
+            return [w for w in re.split(r"[ \t\n]+", line) if w], frozenset(), False
+        return line.split(), frozenset(), False
     tokens: list[str] = []
     quoted: set[int] = set()
-    buf: list[str] = []
-    in_quote = False
-    was_quoted = False
-    escaped = False
-    for ch in line:
-        if in_quote:
-            if escaped:
-                buf.append(ch)
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_quote = False
-            else:
-                buf.append(ch)
+    parts = line.split('"')
+    if len(parts) % 2 and "\\" not in line and line.isascii() and "\r" not in line:
+        # balanced quotes, no escapes: split in C.  A word right before a quote joins the quoted
+        # part; the closing quote ends the word.
+        pending = ""
+        for idx, part in enumerate(parts):
+            if idx % 2:
+                quoted.add(len(tokens))
+                tokens.append(pending + part)
+                pending = ""
+                continue
+            words = part.split()
+            if idx + 1 < len(parts) and part and part[-1] not in " \t" and words:
+                pending = words.pop()
+            tokens.extend(words)
+        return tokens, frozenset(quoted), False
+    unterminated = False
+    for m in _TOKEN.finditer(line):
+        if m.group(3) is None:
+            tokens.append(m.group(0))
             continue
-        if ch == '"':
-            in_quote = True
-            was_quoted = True
-        elif ch in " \t":
-            if buf or was_quoted:
-                if was_quoted:
-                    quoted.add(len(tokens))
-                tokens.append("".join(buf))
-                buf = []
-                was_quoted = False
+        body = m.group(2)
+        if not m.group(3):
+            unterminated = True
+        if "\\" in body:
+            body = _UNESCAPE.sub(r"\1", body)
+        quoted.add(len(tokens))
+        tokens.append(m.group(1) + body)
+    return tokens, frozenset(quoted), unterminated
+
+
+def _table_word(tok: str) -> bool:
+    """iptables-restore refuses any unquoted word that looks like -t (so -t cannot sneak in)."""
+    if tok[:1] != "-" or "t" not in tok:
+        return False
+    if tok[1:2] != "-":
+        return True
+    return len(tok) > 2 and tok[2] == "t" and "--table".startswith(tok)
+
+
+def _requote(tok: str) -> str:
+    if tok and _SAFE_WORD.match(tok):
+        return tok
+    return '"' + tok.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+# ------------------------------------------------------------------ one command line
+
+
+@dataclass(slots=True)
+class _Inst:
+    """One loaded extension (a `-m NAME` or the `-j NAME` target) and the options given to it."""
+
+    d: ExtDef
+    opts: list[Option] = field(default_factory=list)
+    seen: set[str] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class _Cmd:
+    cmd: str = ""
+    chain: str | None = None
+    num: int | None = None
+    arg2: str | None = None
+    basics: dict[str, tuple[bool, str]] = field(default_factory=dict)
+    order: list[str] = field(default_factory=list)
+    matches: list[_Inst] = field(default_factory=list)
+    target: _Inst | None = None
+    jump: str | None = None
+    goto: bool = False
+    skip: bool = False
+    target_pos: int = 0
+    used: list[int] = field(default_factory=list)  # token indexes of the command and its arguments
+    dropped: list[int] = field(default_factory=list)  # -4/-6/-c tokens left out of the text
+
+
+class _Args:
+    """getopt_long over a command line, with iptables' option table and its loaded extensions."""
+
+    __slots__ = ("toks", "quoted", "i", "ctx", "family", "chain_exists", "c", "proto_used")
+
+    def __init__(self, toks: list[str], quoted: frozenset[int], ctx: ParseCtx, chain_exists: set[str]) -> None:
+        self.toks = toks
+        self.quoted = quoted
+        self.i = 0
+        self.ctx = ctx
+        self.family = ctx.family
+        self.chain_exists = chain_exists
+        self.c = _Cmd()
+        self.proto_used = False
+
+    def err(self, msg: str) -> InputError:
+        return self.ctx.error(msg)
+
+    def has_arg(self) -> bool:
+        """iptables' xs_has_arg: a next word that does not start with '-' or '!'."""
+        return self.i < len(self.toks) and self.toks[self.i][:1] not in ("-", "!")
+
+    def next_word(self, what: str, record: bool = False) -> str:
+        if self.i >= len(self.toks):
+            raise self.err(f"option {what} requires an argument")
+        w = self.toks[self.i]
+        if w[:1] == "-" and "t" in w and _table_word(w) and self.i not in self.quoted:
+            raise self.err(_T_MSG)
+        if record:
+            self.c.used.append(self.i)
+        self.i += 1
+        return w
+
+    def parse(self) -> _Cmd:
+        toks = self.toks
+        n = len(toks)
+        invert = False
+        c = self.c
+        while self.i < n:
+            k = self.i
+            tok = toks[k]
+            self.i += 1
+            if len(tok) == 2 and tok[0] == "-" and tok[1] in _FAST_SHORT:
+                self._base(tok[1], None, invert, tok)
+                if c.skip:
+                    return c
+                invert = False
+                continue
+            if tok[:1] != "-" or tok == "-":
+                if tok == "!":
+                    if invert:
+                        raise self.err("multiple consecutive '!' are not allowed")
+                    invert = True
+                    continue
+                raise self.err(f"bad argument {tok!r}")
+            if tok == "--":
+                raise self.err("bad argument '--'")
+            if tok[1] == "-":
+                name, eq, attached = tok[2:].partition("=")
+                self._long(name, attached if eq else None, invert, tok)
+            else:
+                if "t" in tok and k not in self.quoted:
+                    raise self.err(_T_MSG)
+                self._short(tok, invert)
+            if c.skip:
+                return c
+            invert = False
+        if invert:
+            raise self.err("'!' at the end of the line: nothing appropriate follows it")
+        return c
+
+    # -- short options (-A CHAIN, -ptcp, -f, ...)
+    def _short(self, tok: str, invert: bool) -> None:
+        pos = 1
+        while pos < len(tok):
+            ch = tok[pos]
+            rest = tok[pos + 1 :]
+            if ch in _ARG_OPTS or ch in "AIDRNPEC":
+                self._base(ch, rest if rest else None, invert, f"-{ch}")
+                return
+            if ch in "XFZLS":
+                self._base(ch, rest if rest else None, invert, f"-{ch}")
+                return
+            if ch in _FLAG_OPTS:
+                self._base(ch, None, invert, f"-{ch}")
+                if self.c.skip:
+                    return
+                invert = False
+                pos += 1
+                continue
+            if ch == "w" or ch == "W":
+                self._base(ch, rest if rest else None, invert, f"-{ch}")
+                return
+            raise self.err(f"unknown option '-{ch}'")
+
+    # -- long options (--dport 22, --protocol=tcp, --dpor 22)
+    def _long(self, name: str, attached: str | None, invert: bool, tok: str) -> None:
+        if not name:
+            raise self.err(f"bad argument {tok!r}")
+        code = _BASE_LONG.get(name)
+        if code is not None:
+            self._base(code, attached, invert, f"--{name}")
+            return
+        found = self._ext_exact(name)
+        if found is None:
+            pre = self._prefix(name, tok)
+            if isinstance(pre, str):
+                self._base(pre, attached, invert, f"--{name}")
+                return
+            found = pre
+        if found is None and self._load_proto():
+            found = self._ext_exact(name) or self._prefix_ext_only(name, tok)
+        if found is None:
+            raise self.err(f"unknown option {tok}" + self._hint(name))
+        inst, canon = found
+        self._ext_opt(inst, canon, attached, invert)
+
+    def _hint(self, name: str) -> str:
+        c = self.c
+        if c.matches or c.target:
+            return ""
+        p = self.ctx.protocol
+        if p and registry.find_match(self._proto_match_name() or "", self.family) is None:
+            return f" (no extension handles it, and -p {p} has no match of that name)"
+        return " (did you forget -m or -p?)" if name in ("dport", "sport", "dports", "sports") else ""
+
+    def _loaded_newest_first(self) -> list[_Inst]:
+        """Loaded extensions, the most recent first (its options shadow older ones, as in iptables)."""
+        c = self.c
+        if c.target is None:
+            return c.matches[::-1]
+        seq: list[_Inst] = [*c.matches]
+        seq.insert(c.target_pos, c.target)
+        return seq[::-1]
+
+    def _ext_exact(self, name: str) -> tuple[_Inst, str] | None:
+        for inst in self._loaded_newest_first():
+            d = inst.d
+            if name in d.options:
+                return inst, name
+            a = d.aliases.get(name)
+            if a is not None:
+                return inst, a
+        return None
+
+    def _prefix(self, name: str, tok: str) -> tuple[_Inst, str] | str | None:
+        cands: dict[object, tuple[_Inst, str] | str] = {}
+        for long, code in _BASE_LONG.items():
+            if long.startswith(name):
+                cands.setdefault(("base", code), code)
+        for inst in self._loaded_newest_first():
+            d = inst.d
+            for o in itertools.chain(d.options, d.aliases):
+                if o.startswith(name):
+                    canon = d.aliases.get(o, o)
+                    cands.setdefault((id(inst), canon), (inst, canon))
+        if len(cands) > 1:
+            names = sorted({v if isinstance(v, str) else v[1] for v in cands.values()})
+            raise self.err(f"option {tok!r} is ambiguous (it abbreviates {', '.join('--' + x for x in names)})")
+        return next(iter(cands.values())) if cands else None
+
+    def _prefix_ext_only(self, name: str, tok: str) -> tuple[_Inst, str] | None:
+        r = self._prefix(name, tok)
+        return r if isinstance(r, tuple) else None
+
+    def _proto_match_name(self) -> str | None:
+        p = self.ctx.protocol
+        if p is None:
+            return None
+        num = protocol_number(p)
+        if p[:1].isdigit() and num is not None:
+            return protocol_save_name(num)
+        return p
+
+    def _load_proto(self) -> bool:
+        """iptables' load_proto: an option nobody owns loads the match named after -p, once."""
+        if self.proto_used:
+            return False
+        name = self._proto_match_name()
+        if name is None:
+            return False
+        d = registry.find_match(name, self.family)
+        if d is None:
+            return False
+        self.proto_used = True
+        self.c.matches.append(_Inst(d))
+        return True
+
+    def _ext_opt(self, inst: _Inst, canon: str, attached: str | None, invert: bool) -> None:
+        spec: Arg = inst.d.options[canon]
+        ext = inst.d.name
+        if ext == "multiport" and self.ctx.protocol is None:
+            # libxt_multiport checks the protocol when it reads its option: -p must come first
+            raise self.err("multiport needs '-p tcp', '-p udp', '-p udplite', '-p sctp' or '-p dccp' before its option")
+        if invert and not spec.inv:
+            raise self.err(f"{ext}: --{canon} cannot be negated with '!'")
+        if canon in inst.seen and not spec.multi:
+            raise self.err(f"{ext}: --{canon} can be given only once")
+        inst.seen.add(canon)
+        vals: list[str] = []
+        if attached is not None:
+            if spec.hi == 0:
+                raise self.err(f"{ext}: option --{canon} does not take an argument")
+            vals.append(attached)
+        elif spec.lo >= 1 or spec.hi >= 1 and self.has_arg():
+            vals.append(self.next_word(f"--{canon}"))
+        if spec.hi == 2 and len(vals) == 1:
+            if self.has_arg():
+                vals.append(self.next_word(f"--{canon}"))
+            elif spec.lo == 2:
+                raise self.err(f"{ext}: --{canon} requires two arguments")
+        inst.opts.append(Option(canon, invert, tuple(vals)))
+
+    # -- built-in options
+    def _base(self, code: str, attached: str | None, invert: bool, spelled: str) -> None:
+        c = self.c
+        if invert and code not in _INVERTIBLE:
+            raise self.err(f"'!' cannot be used with {spelled}")
+        if code in _VALUE_OPTS:
+            # the common case: -m NAME, -j NAME, -p PROTO, -s/-d ADDR, -i/-o IFACE
+            val = attached if attached is not None else self.next_word(spelled)
+            if val == "!" and code in _INVERTIBLE:
+                nxt = self.toks[self.i] if self.i < len(self.toks) else ""
+                raise self.err(
+                    f"'{spelled} ! {nxt}': put '!' before the option ('! {spelled} {nxt}'); "
+                    "iptables 1.4.3 and later refuse the old form"
+                )
+            if code == "m":
+                d = registry.find_match(val, self.family) if val else None
+                if d is None:
+                    if not val:
+                        raise self.err("-m needs an extension name")
+                    raise self.err(f"unknown match extension '-m {val}'" + _family_hint(val, self.family, "match"))
+                c.matches.append(_Inst(d))
+            elif code == "j" or code == "g":
+                self._jump(code, val, spelled)
+            else:
+                if code == "p":
+                    val = val.lower()
+                    self.ctx.protocol = val
+                    self.ctx.proto_negated = invert
+                    self.ctx.proto_num = protocol_number(val)
+                if code in c.basics:
+                    raise self.err(f"multiple -{code} flags are not allowed")
+                c.basics[code] = (invert, val)
+                c.order.append(code)
+            return
+        if code in _CMD_NAMES:
+            if c.cmd:
+                raise self.err(f"cannot use -{code} with -{c.cmd}: one command per line")
+            c.cmd = code
+            self._command(code, attached, spelled)
+            return
+        if code in ("4", "6"):
+            c.dropped.append(self.i - 1)
+            if (code == "4") != (self.family == "ipv4"):
+                c.skip = True  # iptables-restore ignores lines for the other family
+            return
+        if code in ("v", "n", "x", "#"):
+            c.dropped.append(self.i - 1)
+            return
+        if code in ("w", "W", "M"):
+            if code == "M" and attached is None or code != "M" and attached is None and self.has_arg():
+                self.next_word(spelled)
+            return
+        if code in ("h", "V"):
+            raise self.err(f"{spelled} is not valid in iptables-restore input")
+        if code == "t":
+            raise self.err(_T_MSG)
+        if code == "f":
+            if self.family == "ipv6":
+                raise self.err("-f is not an ip6tables option (use -m frag)")
+            self._set_basic("f", invert, "", spelled)
+            return
+        if code == "c":
+            self.c.dropped.append(self.i - 1)  # the -c word itself
+            self._counters(attached if attached is not None else self.next_word(spelled))
+            return
+        raise self.err(f"unknown option {spelled!r}")
+
+    def _set_basic(self, code: str, invert: bool, val: str, spelled: str) -> None:
+        c = self.c
+        if code in c.basics:
+            raise self.err(f"multiple -{code} flags are not allowed")
+        c.basics[code] = (invert, val)
+        c.order.append(code)
+
+    def _jump(self, code: str, name: str, spelled: str) -> None:
+        c = self.c
+        if c.jump is not None or c.target is not None or "j" in c.basics:
+            raise self.err("multiple -j/-g flags are not allowed")
+        c.basics["j"] = (False, name)
+        if not name:
+            raise self.err(f"{spelled}: empty target name")
+        if len(name) > _CHAIN_MAX or " " in name or "\t" in name:
+            raise self.err(f"{spelled}: invalid target name {name!r} ({_CHAIN_MAX} characters max)")
+        if code == "g":
+            if name not in self.chain_exists:
+                raise self.err(f"-g {name}: goto needs a user chain declared before this line (no chain {name!r})")
+            c.jump, c.goto = name, True
+            return
+        if name in STANDARD_VERDICTS or name in self.chain_exists:
+            c.jump = name
+            return
+        d = registry.find_target(name, self.family)
+        if d is None:
+            raise self.err(
+                f"-j {name}: unknown target: no chain {name!r} was declared before this line in table "
+                f"{self.ctx.table}, and iptables has no target extension of that name"
+                + _family_hint(name, self.family, "target")
+            )
+        c.target = _Inst(d)
+        c.target_pos = len(c.matches)
+
+    def _counters(self, val: str) -> None:
+        if self.i - 1 not in self.c.dropped:
+            self.c.dropped.append(self.i - 1)
+        if "," in val:
+            a, _, b = val.partition(",")
         else:
-            buf.append(ch)
-    if in_quote:
-        raise InputError("unterminated quote", file=ctx_file, line=lineno)
-    if buf or was_quoted:
-        if was_quoted:
-            quoted.add(len(tokens))
-        tokens.append("".join(buf))
-    return tokens, frozenset(quoted)
+            a = val
+            if not self.has_arg():
+                raise self.err("-c needs a packet and a byte counter")
+            b = self.next_word("-c")
+            self.c.dropped.append(self.i - 1)
+        if not (a.isdigit() and b.isdigit()):
+            raise self.err(f"-c: invalid counters {val!r}")
+
+    def _command(self, code: str, attached: str | None, spelled: str) -> None:
+        c = self.c
+        c.used.append(self.i - 1)
+        if code in "AIDRNPEC":
+            c.chain = attached if attached is not None else self.next_word(spelled, True)
+        elif code in "XFZLS":
+            if attached is not None:
+                c.chain = attached
+            elif self.has_arg():
+                c.chain = self.next_word(spelled, True)
+        if code in "ID" and self.has_arg():
+            c.num = self._rulenum(self.next_word(spelled, True))
+        elif code == "R":
+            if not self.has_arg():
+                raise self.err("-R needs a chain and a rule number")
+            c.num = self._rulenum(self.next_word(spelled, True))
+        elif code in "ZS" and c.chain is not None and self.has_arg():
+            c.num = self._rulenum(self.next_word(spelled, True))
+        elif code == "P":
+            if not self.has_arg():
+                raise self.err("-P needs a chain and a policy")
+            c.arg2 = self.next_word(spelled, True)
+        elif code == "E":
+            if not self.has_arg():
+                raise self.err("-E needs the old and the new chain name")
+            c.arg2 = self.next_word(spelled, True)
+
+    def _rulenum(self, w: str) -> int:
+        if not w.isdigit() or int(w) < 1:
+            raise self.err(f"invalid rule number {w!r}")
+        return int(w)
 
 
-class _Section:
-    __slots__ = ("kind", "name", "opts")
+def _family_hint(name: str, family: str, kind: str) -> str:
+    other = "ipv6" if family == "ipv4" else "ipv4"
+    if (registry.find_match if kind == "match" else registry.find_target)(name, other) is not None:
+        tool = "ip6tables" if other == "ipv6" else "iptables"
+        return f" ({name} exists only in {tool}: are these {other} rules?)"
+    return ""
 
-    def __init__(self, kind: str, name: str) -> None:
-        self.kind = kind  # "match" | "target"
-        self.name = name
-        self.opts: list[Option] = []
 
+# ------------------------------------------------------------------ building specs
 
 # Cache of parsed sections: kube-proxy-sized dumps repeat the same match text
 # thousands of times; specs are immutable so they can be shared.
 _SECTION_CACHE: dict[tuple[object, ...], object] = {}
 
 
-def parse_rule_args(
-    tokens: list[str],
-    quoted: frozenset[int],
-    start: int,
-    rule: Rule,
-    ctx: ParseCtx,
-    chains: Container[str] | None,
-) -> None:
-    """Fill rule.matches / rule.target / rule.jump from tokens[start:]."""
-    registry.load_extensions()
-    n = len(tokens)
-    i = start
-    negate = False
-    basics: list[MatchSpec] = []
-    sections: list[_Section] = []
-    current: _Section | None = None
-    jump: str | None = None
-    goto = False
-    seen_basic: set[str] = set()
-    while i < n:
-        tok = tokens[i]
-        if tok == "!" and i not in quoted:
-            if negate:
-                raise ctx.error("double negation '! !'")
-            negate = True
-            i += 1
-            continue
-        if i in quoted:
-            raise ctx.error(f"unexpected argument {tok!r}")
-        b = _BASIC.get(tok)
-        if b is not None:
-            if b in seen_basic:
-                raise ctx.error(f"option {tok} given twice")
-            seen_basic.add(b)
-            if b == "f":
-                basics.append(basic_match("f", negate, "", ctx))
-                i += 1
-            else:
-                if i + 1 >= n:
-                    raise ctx.error(f"option {tok} requires an argument")
-                val = tokens[i + 1]
-                if val == "!":
-                    raise ctx.error(f"'{tok} ! {tokens[i + 2] if i + 2 < n else ''}': put '!' before the option")
-                if b == "p":
-                    ctx.protocol = val.lower()
-                    ctx.proto_negated = negate
-                    rule.protocol = ctx.protocol
-                    rule.proto_negated = negate
-                basics.append(basic_match(b, negate, val, ctx))
-                i += 2
-            negate = False
-            current = None if current is None or current.kind == "match" else current
-            continue
-        if tok in _MATCH:
-            if negate:
-                raise ctx.error("'!' cannot negate -m")
-            if i + 1 >= n:
-                raise ctx.error("-m requires an extension name")
-            current = _Section("match", tokens[i + 1])
-            sections.append(current)
-            i += 2
-            continue
-        if tok in _JUMP or tok in _GOTO:
-            if negate:
-                raise ctx.error(f"'!' cannot negate {tok}")
-            if i + 1 >= n:
-                raise ctx.error(f"{tok} requires a target")
-            if jump is not None or any(s.kind == "target" for s in sections):
-                raise ctx.error("more than one target")
-            name = tokens[i + 1]
-            goto = tok in _GOTO
-            if goto or name in STANDARD_VERDICTS or (chains is not None and name in chains):
-                jump = name
-                current = None
-            else:
-                current = _Section("target", name)
-                sections.append(current)
-            i += 2
-            continue
-        if tok in _COUNTERS:
-            if i + 2 >= n:
-                raise ctx.error(f"{tok} requires two numbers")
-            i += 3
-            continue
-        if tok.startswith("--") and len(tok) > 2:
-            vals: list[str] = []
-            j = i + 1
-            while j < n and (j in quoted or not _is_option(tokens[j])):
-                vals.append(tokens[j])
-                j += 1
-            opt = Option(tok[2:], negate, tuple(vals))
-            negate = False
-            if current is None:
-                current = _implicit_section(opt, ctx, sections)
-            current.opts.append(opt)
-            i = j
-            continue
-        if tok.startswith("-") and len(tok) > 1:
-            raise ctx.error(f"unknown option {tok!r}")
-        raise ctx.error(f"unexpected argument {tok!r}")
-    if negate:
-        raise ctx.error("'!' at the end of the rule negates nothing")
-
-    matches: list[MatchSpec] = list(basics)
-    for sec in sections:
-        if sec.kind == "match":
-            matches.append(_build_match(sec, ctx))
-        else:
-            rule.target = _build_target(sec, ctx)
-    rule.matches = matches
-    if jump is not None:
-        if goto and jump in STANDARD_VERDICTS:
-            raise ctx.error(f"-g {jump}: goto needs a user chain")
-        rule.jump = jump
-        rule.goto = goto
-
-
-def _is_option(tok: str) -> bool:
-    return tok == "!" or (tok.startswith("-") and len(tok) > 1 and not tok[1].isdigit())
-
-
-def _implicit_section(opt: Option, ctx: ParseCtx, sections: list[_Section]) -> _Section:
-    proto = ctx.protocol
-    if proto is not None:
-        names = {"ipv6-icmp": "icmp6", "icmpv6": "icmp6"}
-        ext = names.get(proto, proto)
-        allowed = registry.IMPLICIT_OPTIONS.get(ext)
-        if allowed is not None and opt.name in allowed:
-            for s in sections:
-                if s.kind == "match" and s.name == ext:
-                    return s
-            sec = _Section("match", ext)
-            sections.append(sec)
-            return sec
-    raise ctx.error(f"unknown option --{opt.name}")
-
-
-def _build_match(sec: _Section, ctx: ParseCtx) -> MatchSpec:
-    key = ("m", sec.name, ctx.protocol, ctx.family, ctx.table, tuple(sec.opts))
+def _build(inst: _Inst, ctx: ParseCtx) -> MatchSpec | TargetSpec:
+    d = inst.d
+    key: tuple[object, ...] = (d.kind, d.name, ctx.family, ctx.table, ctx.protocol, ctx.proto_negated, *inst.opts)
     cached = _SECTION_CACHE.get(key)
-    if isinstance(cached, MatchSpec):
+    if cached is not None:
+        assert isinstance(cached, (MatchSpec, TargetSpec))
         return cached
-    parser = registry.MATCHES.get(sec.name)
-    if parser is None:
-        if sec.name not in KNOWN_EXTENSIONS:
-            raise ctx.error(f"unknown match extension '-m {sec.name}'")
-        from nftrace.ruleset.ext.generic import generic_match
-
-        spec = generic_match(sec.name, sec.opts, ctx)
-    else:
-        spec = parser(sec.opts, ctx)
+    spec: MatchSpec | TargetSpec = d.parse(inst.opts, ctx)
+    tables = spec.tables
+    if tables is not None and ctx.table not in tables:
+        what = "target" if d.kind == "target" else "match"
+        raise ctx.error(f"{what} {d.name} is only valid in table(s) {', '.join(tables)}, not {ctx.table}")
     if len(_SECTION_CACHE) < 200_000:
         _SECTION_CACHE[key] = spec
     return spec
 
 
-def _build_target(sec: _Section, ctx: ParseCtx) -> TargetSpec:
-    key = ("j", sec.name, ctx.protocol, ctx.family, ctx.table, ctx.chain, tuple(sec.opts))
-    cached = _SECTION_CACHE.get(key)
-    if isinstance(cached, TargetSpec):
-        return cached
-    parser = registry.TARGETS.get(sec.name)
-    if parser is None:
-        if sec.name not in KNOWN_EXTENSIONS:
-            raise ctx.error(f"unknown target '{sec.name}': no chain of that name in table {ctx.table}")
-        from nftrace.ruleset.ext.generic import generic_target
+_BASIC_CACHE: dict[tuple[str, bool, str, str], MatchSpec] = {}
 
-        spec = generic_target(sec.name, sec.opts, ctx)
-    else:
-        spec = parser(sec.opts, ctx)
-    if len(_SECTION_CACHE) < 200_000:
-        _SECTION_CACHE[key] = spec
+
+def _basic(code: str, neg: bool, val: str, ctx: ParseCtx) -> MatchSpec:
+    key = (code, neg, val, ctx.family)
+    spec = _BASIC_CACHE.get(key)
+    if spec is None:
+        spec = basic_match(code, neg, val, ctx)
+        if len(_BASIC_CACHE) < 200_000:
+            _BASIC_CACHE[key] = spec
     return spec
 
 
-def _declared_chains_ahead(lines: list[str], start: int) -> set[str]:
-    """Chains declared (`:NAME` or `-N NAME`) in the table starting at line index start."""
-    names: set[str] = set()
-    for raw in lines[start:]:
-        s = raw.strip()
-        if s.startswith(":"):
-            names.add(s[1:].split(None, 1)[0] if len(s) > 1 else "")
-        elif s.startswith("-N ") or s.startswith("--new-chain "):
-            parts = s.split()
-            if len(parts) > 1:
-                names.add(parts[1])
-        elif s == "COMMIT" or s.startswith("*"):
-            break
-    return names
+def _build_rules(c: _Cmd, ctx: ParseCtx, text: str, line: int, table: str, chain: str) -> list[Rule]:
+    """The rule(s) of an -A/-I/-R/-D/-C line (several when -s/-d list several addresses)."""
+    ctx.matches = []
+    basic_specs: list[tuple[str, MatchSpec]] = []
+    s_list: list[str | None] = [None]
+    d_list: list[str | None] = [None]
+    for code in c.order:
+        if code == "j":
+            continue
+        neg, val = c.basics[code]
+        if code in ("s", "d") and "," in val:
+            parts = [p for p in val.split(",")]
+            if any(not p for p in parts):
+                raise ctx.error(f"-{code} {val}: empty address in the list")
+            if neg:
+                raise ctx.error(f"'! -{code} {val}': '!' is not allowed with several addresses")
+            if code == "s":
+                s_list = list(parts)
+            else:
+                d_list = list(parts)
+            continue
+        basic_specs.append((code, _basic(code, neg, val, ctx)))
+    ext_matches: list[MatchSpec] = []
+    for inst in c.matches:
+        spec = _build(inst, ctx)
+        assert isinstance(spec, MatchSpec)
+        ext_matches.append(spec)
+        ctx.matches.append(spec)
+    tgt: TargetSpec | None = None
+    if c.target is not None:
+        t = _build(c.target, ctx)
+        assert isinstance(t, TargetSpec)
+        tgt = t
+    if len(s_list) == 1 and len(d_list) == 1:
+        r = Rule(table=table, chain=chain, text=text, line=line, matches=[sp for _, sp in basic_specs] + ext_matches)
+        r.target = tgt
+        if c.jump is not None:
+            r.jump, r.goto = c.jump, c.goto
+        if ctx.protocol is not None:
+            r.protocol = ctx.protocol
+            r.proto_negated = ctx.proto_negated
+        return [r]
+    rules: list[Rule] = []
+    multi = True
+    for s, d in itertools.product(s_list, d_list):
+        matches: list[MatchSpec] = []
+        rtext = text
+        for code in c.order:
+            if code == "s" and s is not None:
+                matches.append(_basic("s", False, s, ctx))
+            elif code == "d" and d is not None:
+                matches.append(_basic("d", False, d, ctx))
+            else:
+                for bc, spec in basic_specs:
+                    if bc == code:
+                        matches.append(spec)
+        if multi:
+            rtext = _substitute_addr(text, c, s, d)
+        matches.extend(ext_matches)
+        r = Rule(table=table, chain=chain, text=rtext, line=line, matches=matches, target=tgt)
+        if c.jump is not None:
+            r.jump, r.goto = c.jump, c.goto
+        if ctx.protocol is not None:
+            r.protocol = ctx.protocol
+            r.proto_negated = ctx.proto_negated
+        rules.append(r)
+    return rules
 
 
-def parse_rules(text: str, filename: str = "<rules>", family: str | None = None) -> Ruleset:
-    """Parse iptables-save/restore text.  family: ipv4/ipv6, guessed from addresses when None."""
+def _substitute_addr(text: str, c: _Cmd, s: str | None, d: str | None) -> str:
+    out = text
+    for code, val in (("s", s), ("d", d)):
+        if val is None:
+            continue
+        lst = c.basics[code][1]
+        out = out.replace(lst, val, 1)
+    return out
+
+
+# ------------------------------------------------------------------ the file
+
+
+@dataclass(slots=True)
+class _TableState:
+    table: Table
+    declared: set[str]  # chains that exist at this point (built-in and user)
+
+
+def parse_rules(text: str, filename: str = "<rules>", family: str | None = None, *, strict: bool = True) -> Ruleset:
+    """Parse iptables-save/restore text.
+
+    family: "ipv4" | "ipv6"; guessed from the rules when None (addresses first, then
+    family-specific matches; comments and chain names are ignored).  strict=False
+    tolerates CR line ends and trailing blanks (which iptables-restore refuses), adding
+    a warning instead.  NFTRACE_CACHE turns on a cache of parsed dumps (nftrace.ruleset.cache).
+    """
+    from nftrace.ruleset.cache import cached_parse
+
+    return cached_parse(_parse_rules, text, filename, family, strict)
+
+
+def _parse_rules(text: str, filename: str, family: str | None, *, strict: bool) -> Ruleset:
     registry.load_extensions()
     if family is None:
-        family = _guess_family(text)
+        family = guess_family(text)
+    if family not in ("ipv4", "ipv6"):
+        raise InputError(f"unknown family {family!r} (ipv4 or ipv6)", filename)
     rs = Ruleset(family=family, source=filename)
     lines = text.split("\n")
-    table: Table | None = None
-    table_chains: dict[str, Chain] = {}
-    pending_jumps: list[tuple[Rule, str]] = []
+    if lines and lines[-1] == "":
+        lines.pop()
+    st: _TableState | None = None
     lineno = 0
-    table_declared: set[str] = set()
+    tolerated: set[str] = set()
     for idx, raw in enumerate(lines):
         lineno = idx + 1
-        line = raw.rstrip("\r")
-        s = line.strip()
-        if not s or s.startswith("#"):
+        line = raw
+        if not strict:
+            stripped = line.rstrip("\r")
+            if stripped != line:
+                tolerated.add("CR line ends")
+            s2 = stripped.rstrip(" \t")
+            if s2 != stripped:
+                tolerated.add("trailing blanks")
+            line = s2
+        if not line or line[0] == "#":
             continue
-        if s[0] == "*":
-            if table is not None:
-                raise InputError(f"table {table.name} is not closed by COMMIT before *", filename, lineno)
-            name = s[1:].split()[0] if len(s) > 1 else ""
+        if st is not None and line == "COMMIT":
+            _finish_table(st.table, filename)
+            rs.tables[st.table.name] = st.table
+            st = None
+            continue
+        c0 = line[0]
+        if c0 == "*" and st is None:
+            # strtok(" \t\n"): `* filter` names filter too; a CR stays part of the name
+            name = line[1:].lstrip(" \t").split(" ", 1)[0].split("\t", 1)[0]
+            if not name:
+                raise InputError("table name missing after '*'", filename, lineno)
             if name not in BUILTIN_CHAINS:
-                raise InputError(f"unknown table '*{name}'", filename, lineno)
-            if name in rs.tables:
-                table = rs.tables[name]
-            else:
-                table = Table(name=name, line=lineno)
-            table_chains = table.chains
-            # chains that will be declared later in this table may be jumped to
-            table_declared = _declared_chains_ahead(lines, idx + 1) | set(table_chains)
-            continue
-        if table is None:
-            raise InputError(f"{s.split()[0]!r} outside a table (missing '*table' line)", filename, lineno)
-        if s == "COMMIT":
-            _finish_table(table, pending_jumps, filename)
-            rs.tables[table.name] = table
-            table = None
-            pending_jumps = []
-            continue
-        if s[0] == ":":
-            parts = s[1:].split()
-            if len(parts) < 2:
-                raise InputError("chain declaration needs a policy (':NAME POLICY [p:b]')", filename, lineno)
-            cname, policy = parts[0], parts[1]
-            if not _CHAIN_NAME.match(cname):
-                raise InputError(f"invalid chain name {cname!r}", filename, lineno)
-            builtin = cname in BUILTIN_CHAINS[table.name]
-            if policy not in _POLICIES:
-                raise InputError(f"invalid policy {policy!r} for chain {cname}", filename, lineno)
-            if builtin and policy == "-":
-                raise InputError(f"built-in chain {cname} needs a policy (ACCEPT or DROP)", filename, lineno)
-            if not builtin and policy != "-":
-                raise InputError(f"user chain {cname} cannot have policy {policy}", filename, lineno)
-            existing = table_chains.get(cname)
-            if existing is None:
-                table_chains[cname] = Chain(
-                    name=cname,
-                    policy=policy if builtin else None,
-                    line=lineno,
-                    counters=parts[2] if len(parts) > 2 else None,
+                hint = (
+                    " (the line ends in CR: the file has DOS line ends; convert it with dos2unix)"
+                    if name.endswith("\r")
+                    else ""
                 )
-            else:
-                # iptables-restore without --noflush flushes a re-declared chain
-                existing.rules.clear()
-                if builtin:
-                    existing.policy = policy
+                raise InputError(f"unknown table '*{name.rstrip(chr(13))}'{hint}", filename, lineno)
+            st = _start_table(rs, name, lineno)
             continue
-        m = _COUNTER_PREFIX.match(s)
-        if m:
-            s = s[m.end() :]
-        tokens, quoted = tokenize(s, filename, lineno)
-        cmd = tokens[0]
-        if cmd in ("-A", "--append", "-I", "--insert"):
-            if len(tokens) < 2:
-                raise InputError(f"{cmd} needs a chain name", filename, lineno)
-            cname = tokens[1]
-            chain = _get_chain(table, cname)
-            if chain is None:
-                raise InputError(f"chain '{cname}' does not exist in table {table.name}", filename, lineno)
-            start = 2
-            pos: int | None = None
-            if cmd in ("-I", "--insert"):
-                pos = 1
-                if len(tokens) > 2 and tokens[2].isdigit():
-                    pos = int(tokens[2])
-                    start = 3
-                if pos < 1 or pos > len(chain.rules) + 1:
-                    raise InputError(f"-I {cname} {pos}: index of insertion too big", filename, lineno)
-            text = "-A " + cname + _rest_text(s, tokens, start)
-            rule = Rule(table=table.name, chain=cname, text=text, line=lineno)
-            ctx = ParseCtx(filename, lineno, table.name, cname, family, None)
-            # `-j NAME` names a user chain whenever one exists in this table, even
-            # when an extension target has the same name.
-            parse_rule_args(tokens, quoted, start, rule, ctx, table_declared)
-            if rule.target is not None and rule.target.tables is not None and table.name not in rule.target.tables:
-                raise InputError(
-                    f"target {rule.target.name} is only valid in table(s) {', '.join(rule.target.tables)}",
-                    filename,
-                    lineno,
-                )
-            if rule.jump is not None and rule.jump not in STANDARD_VERDICTS:
-                pending_jumps.append((rule, rule.jump))
-            if pos is None:
-                chain.rules.append(rule)
-            else:
-                chain.rules.insert(pos - 1, rule)
+        if st is None:
+            word = line.split()[0] if line.split() else repr(line)
+            what = "a line of blanks" if not line.strip() else f"{word!r}"
+            raise InputError(
+                f"{what} outside a table (a line must be '*table', a comment or empty here)", filename, lineno
+            )
+        table = st.table
+        if c0 == ":":
+            _declare_chain(st, line, filename, lineno)
             continue
-        if cmd in ("-N", "--new-chain"):
-            if len(tokens) != 2:
-                raise InputError("-N takes one chain name", filename, lineno)
-            cname = tokens[1]
-            if cname in table_chains:
-                raise InputError(f"chain '{cname}' already exists", filename, lineno)
-            if not _CHAIN_NAME.match(cname):
-                raise InputError(f"invalid chain name {cname!r}", filename, lineno)
-            table_chains[cname] = Chain(name=cname, policy=None, line=lineno)
-            table_declared.add(cname)
+        # a command line
+        body = line
+        if c0 == "[":
+            end = body.find("]")
+            if end < 0 or ":" not in body[1:end]:
+                raise InputError("bad counters prefix (expected '[packets:bytes] ')", filename, lineno)
+            body = body[end + 1 :]
+        tokens, quoted, open_quote = _tokenize(body)
+        if open_quote:
+            rs.warnings.append(
+                f"{filename}:{lineno}: unterminated quote: the rest of the line is one argument "
+                "(iptables-restore loads it that way)"
+            )
+        if not tokens:
+            raise InputError("no command specified (a line of blanks inside a table)", filename, lineno)
+        if tokens[0] == "COMMIT":
+            why = "has trailing blanks" if body.startswith("COMMIT") else "is indented"
+            if body.endswith("\r"):
+                why = "ends in CR (DOS line ends: convert the file with dos2unix)"
+            raise InputError(f"'COMMIT' must be alone on its line; this one {why}", filename, lineno)
+        if c0 == "*":
+            raise InputError(
+                f"{tokens[0]!r} inside table {table.name}: the table is not closed by COMMIT", filename, lineno
+            )
+        ctx = ParseCtx(filename, lineno, table.name, "", family, None)
+        args = _Args(tokens, quoted, ctx, st.declared)
+        c = args.parse()
+        if c.skip:
             continue
-        if cmd in ("-X", "--delete-chain"):
-            if len(tokens) == 1:
-                for cname in [c for c, ch in table_chains.items() if not ch.builtin]:
-                    del table_chains[cname]
-            else:
-                cname = tokens[1]
-                ch = table_chains.get(cname)
-                if ch is None:
-                    raise InputError(f"-X {cname}: no such chain", filename, lineno)
-                if ch.builtin:
-                    raise InputError(f"-X {cname}: cannot delete a built-in chain", filename, lineno)
-                del table_chains[cname]
-            continue
-        if cmd in ("-F", "--flush"):
-            if len(tokens) == 1:
-                for ch in table_chains.values():
-                    ch.rules.clear()
-            else:
-                ch = table_chains.get(tokens[1])
-                if ch is None:
-                    raise InputError(f"-F {tokens[1]}: no such chain", filename, lineno)
-                ch.rules.clear()
-            continue
-        if cmd in ("-P", "--policy"):
-            if len(tokens) < 3:
-                raise InputError("-P needs a chain and a policy", filename, lineno)
-            ch = _get_chain(table, tokens[1])
-            if ch is None or not ch.builtin:
-                raise InputError(f"-P {tokens[1]}: not a built-in chain of {table.name}", filename, lineno)
-            if tokens[2] not in ("ACCEPT", "DROP"):
-                raise InputError(f"-P: invalid policy {tokens[2]!r}", filename, lineno)
-            ch.policy = tokens[2]
-            continue
-        if cmd in ("-D", "--delete"):
-            if len(tokens) < 3:
-                raise InputError("-D needs a chain and a rule", filename, lineno)
-            ch = table_chains.get(tokens[1])
-            if ch is None:
-                raise InputError(f"-D {tokens[1]}: no such chain", filename, lineno)
-            if len(tokens) == 3 and tokens[2].isdigit():
-                k = int(tokens[2])
-                if not 1 <= k <= len(ch.rules):
-                    raise InputError(f"-D {tokens[1]} {k}: no such rule", filename, lineno)
-                del ch.rules[k - 1]
-            else:
-                want = "-A " + tokens[1] + _rest_text(s, tokens, 2)
-                for k, r in enumerate(ch.rules):
-                    if r.text == want:
-                        del ch.rules[k]
-                        break
-                else:
-                    raise InputError(f"-D: no rule matching {want!r}", filename, lineno)
-            continue
-        raise InputError(f"unknown command {cmd!r}", filename, lineno)
-    if table is not None:
-        raise InputError(f"table {table.name} has no COMMIT: the dump is truncated", filename, max(lineno, 1))
+        if not c.cmd:
+            raise InputError(f"no command specified (bad argument {tokens[0]!r})", filename, lineno)
+        _run_command(rs, st, c, ctx, body, tokens, filename, lineno)
+    if st is not None:
+        raise InputError(f"table {st.table.name} has no COMMIT: the dump is truncated", filename, max(lineno, 1))
+    if tolerated:
+        rs.warnings.append(f"{filename}: tolerated {' and '.join(sorted(tolerated))}, which iptables-restore refuses")
     return rs
 
 
-def _get_chain(table: Table, name: str) -> Chain | None:
-    """A chain of the table; built-in chains exist once used, even when not declared."""
-    ch = table.chains.get(name)
-    if ch is None and name in BUILTIN_CHAINS[table.name]:
-        ch = table.chains[name] = Chain(name=name, policy="ACCEPT")
-    return ch
+def _start_table(rs: Ruleset, name: str, lineno: int) -> _TableState:
+    """A `*table` line: without --noflush, iptables-restore starts this table from scratch."""
+    old = rs.tables.get(name)
+    table = Table(name=name, line=lineno)
+    for b in BUILTIN_CHAINS[name]:
+        prev = old.chains.get(b) if old is not None else None
+        # flushing keeps the built-in chains' policies
+        table.chains[b] = Chain(name=b, policy=prev.policy if prev else "ACCEPT", line=prev.line if prev else 0)
+    return _TableState(table, set(table.chains))
 
 
-def _rest_text(line: str, tokens: list[str], start: int) -> str:
-    """The original text from token index `start` on (preserves quoting), with a leading space."""
-    # Find the position after the first `start` tokens in the raw line.
-    pos = 0
-    for k in range(start):
-        t = tokens[k]
-        pos = line.find(t, pos) + len(t) if t else pos
-    rest = line[pos:].strip()
-    return (" " + rest) if rest else ""
+def _declare_chain(st: _TableState, line: str, filename: str, lineno: int) -> None:
+    parts = line[1:].replace("\t", " ").split()
+    if not parts:
+        raise InputError("chain name missing after ':'", filename, lineno)
+    cname = parts[0]
+    table = st.table
+    _check_chain_name(cname, filename, lineno)
+    if len(parts) < 2:
+        raise InputError(f"chain {cname}: policy missing (':NAME POLICY [packets:bytes]')", filename, lineno)
+    policy = parts[1]
+    builtin = cname in BUILTIN_CHAINS[table.name]
+    if builtin:
+        ch = table.chains[cname]
+        if policy in ("ACCEPT", "DROP"):
+            ch.policy = policy
+        elif policy != "-":
+            raise InputError(f"invalid policy {policy!r} for built-in chain {cname} (ACCEPT or DROP)", filename, lineno)
+        ch.line = lineno
+        ch.counters = parts[2] if len(parts) > 2 else None
+        return
+    if policy != "-":
+        other = [t for t, chains in BUILTIN_CHAINS.items() if cname in chains]
+        why = f" ({cname} is a built-in chain of {', '.join(other)}, not of {table.name})" if other else ""
+        raise InputError(f"user chain {cname} cannot have a policy ({policy!r}); write '-'{why}", filename, lineno)
+    if cname in table.chains:
+        raise InputError(f"chain {cname} is declared twice in table {table.name}", filename, lineno)
+    table.chains[cname] = Chain(name=cname, policy=None, line=lineno, counters=parts[2] if len(parts) > 2 else None)
+    st.declared.add(cname)
 
 
-def _finish_table(table: Table, pending: list[tuple[Rule, str]], filename: str) -> None:
-    for rule, target in pending:
-        if target not in table.chains:
+def _check_chain_name(cname: str, filename: str, lineno: int) -> None:
+    if len(cname) > _CHAIN_MAX:
+        raise InputError(f"chain name {cname!r} is longer than {_CHAIN_MAX} characters", filename, lineno)
+    if cname[0] in "-!":
+        raise InputError(f"chain name {cname!r} may not start with '{cname[0]}'", filename, lineno)
+    if cname in _STANDARD_CHAIN_CLASH:
+        raise InputError(f"chain name {cname!r} clashes with the standard target of that name", filename, lineno)
+
+
+def _run_command(
+    rs: Ruleset, st: _TableState, c: _Cmd, ctx: ParseCtx, body: str, tokens: list[str], filename: str, lineno: int
+) -> None:
+    table = st.table
+    cmd = c.cmd
+    has_rule_opts = bool(c.basics or c.matches or c.target is not None)
+    if cmd not in _RULE_CMDS and has_rule_opts:
+        raise InputError(f"rule options are not allowed with -{cmd} (--{_CMD_NAMES[cmd]})", filename, lineno)
+    if cmd in _RULE_CMDS:
+        cname = c.chain or ""
+        if "o" in c.basics and cname in ("PREROUTING", "INPUT"):
+            raise InputError(f"-o cannot be used in {cname} (no output interface there)", filename, lineno)
+        if "i" in c.basics and cname in ("POSTROUTING", "OUTPUT"):
+            raise InputError(f"-i cannot be used in {cname} (no input interface there)", filename, lineno)
+        chain = table.chains.get(cname)
+        if chain is None:
             raise InputError(
-                f"rule jumps to chain '{target}' which does not exist in table {table.name}", filename, rule.line
+                f"chain '{cname}' does not exist in table {table.name} (declare it first)", filename, lineno
             )
-    for chain in table.chains.values():
+        ctx.chain = cname
+        if cmd == "D" and c.num is not None and has_rule_opts:
+            raise InputError("-D takes a rule number or a rule, not both", filename, lineno)
+        if cmd == "D" and c.num is not None:
+            if c.num > len(chain.rules):
+                raise InputError(f"-D {cname} {c.num}: no such rule", filename, lineno)
+            del chain.rules[c.num - 1]
+            return
+        text = "-A " + cname + _rule_text(body, tokens, c)
+        rules = _build_rules(c, ctx, text, lineno, table.name, cname)
+        if chain.builtin and chain.line == 0 and cmd in "AIR":
+            chain.line = lineno  # a rule creates the base chain (iptables-nft), like a declaration
+        if cmd == "A":
+            chain.rules.extend(rules)
+        elif cmd == "I":
+            pos = c.num or 1
+            if pos > len(chain.rules) + 1:
+                raise InputError(f"-I {cname} {pos}: index of insertion too big", filename, lineno)
+            chain.rules[pos - 1 : pos - 1] = rules
+        elif cmd == "R":
+            assert c.num is not None
+            if len(rules) != 1:
+                raise InputError("-R: a replacement must be a single rule (one address each)", filename, lineno)
+            if c.num > len(chain.rules):
+                raise InputError(f"-R {cname} {c.num}: no such rule", filename, lineno)
+            chain.rules[c.num - 1] = rules[0]
+        elif cmd in ("D", "C"):
+            for r in rules:
+                want = canonical_text(r)
+                for k, existing in enumerate(chain.rules):
+                    if canonical_text(existing) == want:
+                        if cmd == "D":
+                            del chain.rules[k]
+                        break
+                else:
+                    raise InputError(f"-{cmd}: no rule in {cname} matches {want!r}", filename, lineno)
+        return
+    name = c.chain
+    if cmd == "N":
+        assert name is not None
+        _check_chain_name(name, filename, lineno)
+        if name in table.chains:
+            raise InputError(f"-N {name}: chain already exists", filename, lineno)
+        table.chains[name] = Chain(name=name, policy=None, line=lineno)
+        st.declared.add(name)
+    elif cmd == "X":
+        victims = [name] if name is not None else [n for n, ch in table.chains.items() if not ch.builtin]
+        for v in victims:
+            ch = table.chains.get(v)
+            if ch is None:
+                raise InputError(f"-X {v}: no such chain", filename, lineno)
+            if ch.builtin:
+                raise InputError(f"-X {v}: a built-in chain cannot be deleted", filename, lineno)
+            if ch.rules and name is not None:
+                raise InputError(f"-X {v}: the chain is not empty (flush it first with -F)", filename, lineno)
+        gone = set(victims)
+        for n, ch in table.chains.items():
+            if n in gone:
+                continue
+            for r in ch.rules:
+                if r.jump in gone:
+                    raise InputError(f"-X {r.jump}: chain is still referenced by {n} rule {r.text!r}", filename, lineno)
+        for v in victims:
+            del table.chains[v]
+            st.declared.discard(v)
+    elif cmd == "F":
+        if name is None:
+            for ch in table.chains.values():
+                ch.rules.clear()
+        else:
+            ch = table.chains.get(name)
+            if ch is None:
+                raise InputError(f"-F {name}: no such chain", filename, lineno)
+            ch.rules.clear()
+    elif cmd in ("Z", "L", "S"):
+        if name is not None and name not in table.chains:
+            raise InputError(f"-{cmd} {name}: no such chain", filename, lineno)
+        if name is not None and c.num is not None and c.num > len(table.chains[name].rules):
+            raise InputError(f"-{cmd} {name} {c.num}: no such rule", filename, lineno)
+    elif cmd == "P":
+        assert name is not None
+        ch = table.chains.get(name)
+        if ch is None or not ch.builtin:
+            raise InputError(f"-P {name}: not a built-in chain of table {table.name}", filename, lineno)
+        if c.arg2 not in ("ACCEPT", "DROP"):
+            raise InputError(f"-P {name}: invalid policy {c.arg2!r} (ACCEPT or DROP)", filename, lineno)
+        ch.policy = c.arg2
+        ch.line = ch.line or lineno  # -P creates the base chain (iptables-nft), like a declaration
+    elif cmd == "E":
+        assert name is not None and c.arg2 is not None
+        ch = table.chains.get(name)
+        if ch is None or ch.builtin:
+            raise InputError(f"-E {name}: no such user chain", filename, lineno)
+        new = c.arg2
+        _check_chain_name(new, filename, lineno)
+        if new in table.chains:
+            raise InputError(f"-E {name} {new}: chain {new} already exists", filename, lineno)
+        chains = list(table.chains.items())
+        table.chains.clear()
+        for n, chn in chains:
+            table.chains[new if n == name else n] = chn
+        ch.name = new
+        st.declared.discard(name)
+        st.declared.add(new)
+        for chn in table.chains.values():
+            for r in chn.rules:
+                if r.chain == name:
+                    r.chain = new
+                    r.text = "-A " + new + r.text[3 + len(name) :]
+                if r.jump == name:
+                    r.jump = new
+                    flag = "-g " if r.goto else "-j "
+                    r.text = r.text.replace(flag + name, flag + new)
+
+
+def _rule_text(body: str, tokens: list[str], c: _Cmd) -> str:
+    """The rule as written, without the command, chain, rule number, -4/-6 and counters (leading space)."""
+    skip = set(c.used) | set(c.dropped)
+    k = len(c.used)
+    if not c.dropped and c.used == list(range(k)):
+        # the usual case: the command is first; keep the original text (and its quoting)
+        pos = 0
+        for j in range(k):
+            t = tokens[j]
+            pos = body.find(t, pos) + len(t)
+        rest = body[pos:].strip()
+        return (" " + rest) if rest else ""
+    rest_toks = [_requote(t) for j, t in enumerate(tokens) if j not in skip]
+    return (" " + " ".join(rest_toks)) if rest_toks else ""
+
+
+# ------------------------------------------------------------------ commit-time checks
+
+_HOOKS = ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")
+
+
+def _finish_table(table: Table, filename: str) -> None:
+    """What the kernel checks when the table is committed: loops, and hook restrictions."""
+    reach: dict[str, set[str]] = {}
+    for hook in BUILTIN_CHAINS[table.name]:
+        _walk(table, hook, reach, filename)
+    nohooks: set[str] = set()
+    for cname, chain in table.chains.items():
+        hooks = reach.get(cname, nohooks)
         for k, r in enumerate(chain.rules, 1):
             r.index = k
-            if r.text.startswith("-A ") and r.chain != chain.name:
-                r.chain = chain.name
+            r.chain = cname
+            if r.jump in BUILTIN_CHAINS[table.name]:
+                raise InputError(f"-j {r.jump}: a rule cannot jump to a built-in chain", filename, r.line)
+            for spec in (*r.matches, r.target):
+                allowed = getattr(spec, "hooks", None) if spec is not None else None
+                if allowed is None or not hooks:
+                    continue
+                bad = sorted(hooks - allowed, key=_HOOKS.index)
+                if bad:
+                    what = spec.canonical().split(" --")[0] if spec is not None else ""
+                    via = (
+                        ""
+                        if cname in BUILTIN_CHAINS[table.name]
+                        else f" (chain {cname} is reached from {', '.join(bad)})"
+                    )
+                    raise InputError(
+                        f"{what} is only valid in {', '.join(h for h in _HOOKS if h in allowed)}, "
+                        f"not in {', '.join(bad)}{via}",
+                        filename,
+                        r.line,
+                    )
 
 
-_V6 = re.compile(r"(^|\s)-[sd]\s+[0-9a-fA-F:]*:[0-9a-fA-F:]*(/\d+)?(\s|$)")
+def _walk(table: Table, hook: str, reach: dict[str, set[str]], filename: str) -> None:
+    """Mark every chain reachable from base chain `hook`; a chain met again on the current path is a loop."""
+    done: set[str] = set()
+    path: list[str] = [hook]
+    onpath: set[str] = {hook}
+    reach.setdefault(hook, set()).add(hook)
+    stack: list[tuple[str, int]] = [(hook, 0)]
+    while stack:
+        name, k = stack[-1]
+        rules = table.chains[name].rules
+        while k < len(rules):
+            j = rules[k].jump
+            k += 1
+            if j is None or j in STANDARD_VERDICTS or j in done:
+                continue
+            if j not in table.chains:
+                raise InputError(f"rule jumps to chain '{j}', which does not exist", filename, rules[k - 1].line)
+            if j in onpath:
+                cycle = " -> ".join([*path[path.index(j) :], j])
+                raise InputError(f"jump loop in table {table.name}: {cycle}", filename, rules[k - 1].line)
+            stack[-1] = (name, k)
+            reach.setdefault(j, set()).add(hook)
+            path.append(j)
+            onpath.add(j)
+            stack.append((j, 0))
+            break
+        else:
+            stack.pop()
+            path.pop()
+            onpath.discard(name)
+            done.add(name)
 
 
-def _guess_family(text: str) -> str:
-    if _V6.search(text) or "icmpv6" in text or "ipv6-icmp" in text or "icmp6" in text:
+# ------------------------------------------------------------------ family guess
+
+_ADDR_OPTS = (
+    r"-[sd]|--source|--destination|--src|--dst|--to-destination|--to-source|--to|--src-range|--dst-range|"
+    r"--ctorigsrc|--ctorigdst|--ctreplsrc|--ctrepldst|--tunnel-src|--tunnel-dst|--on-ip|--gateway|--vaddr"
+)
+_QUOTED = re.compile(r'"(?:[^"\\\n]|\\.)*"')
+_ADDR_RE = re.compile(r"(?:^|[ \t])(?:!\s+)?(?:" + _ADDR_OPTS + r")[ \t=]+(?:!\s+)?\[?([0-9A-Fa-fx.:]+)")
+_V6_WORDS = re.compile(
+    r"(?:^|[ \t])(?:-p\s+(?:icmpv6|ipv6-icmp|58)\b|-m\s+(?:icmp6|ipv6header|frag|rt|hbh|dst|mh|eui64|hl|srh)\b|"
+    r"--icmpv6-type\b|--reject-with\s+icmp6-|-j\s+(?:HL|DNPT|SNPT)\b)",
+    re.M,
+)
+_V4_WORDS = re.compile(
+    r"(?:^|[ \t])(?:-p\s+(?:icmp|1)\b|-m\s+(?:icmp|ttl|realm)\b|--icmp-type\b|-f\b|"
+    r"--reject-with\s+icmp-(?:net|host|port|proto|admin)|-j\s+(?:TTL|ECN|ULOG|CLUSTERIP)\b)",
+    re.M,
+)
+
+
+def guess_family(text: str) -> str:
+    """ipv6 when the rules' addresses are IPv6 (or, without addresses, only IPv6 matches appear)."""
+    v4 = v6 = 0
+    if '"' in text:
+        text = _QUOTED.sub('""', text)  # comments and log prefixes say nothing about the family
+    for m in _ADDR_RE.finditer(text):
+        a = m.group(1)
+        if "." in a or a.isdigit():
+            v4 += 1  # a.b.c.d, a.b.c.d:port
+        elif ":" in a:
+            v6 += 1
+        if v4 + v6 > 200:
+            break
+    if v4 or v6:
+        return "ipv6" if v6 > v4 else "ipv4"
+    if _V6_WORDS.search(text) and not _V4_WORDS.search(text):
         return "ipv6"
     return "ipv4"

@@ -1,16 +1,25 @@
-"""The extension registry: `-m NAME` / `-j NAME` -> parser.
+"""The extension registry: `-m NAME` / `-j NAME` -> option table + parser.
 
 Each family of iptables extensions lives in one module of
-`nftrace.ruleset.ext` and registers its parsers here with the `match` and
-`target` decorators.  A parser receives the options written after `-m NAME`
-(or `-j NAME`) and returns an immutable MatchSpec/TargetSpec.  Adding a match
-touches one module and its tests.
+`nftrace.ruleset.ext` and registers itself here with the `match` and
+`target` decorators, giving:
+
+- the options the extension accepts, with how many arguments each takes and
+  whether `!` may precede it (the rule parser dispatches `--opt` to the
+  extension that owns it, as iptables' getopt table does, and rejects
+  unknown options, wrong arity and forbidden `!`);
+- a parser receiving the options written for this instance (canonical long
+  names) and returning an immutable MatchSpec/TargetSpec;
+- how exactly nftrace evaluates it (EXACTNESS, for the README table).
+
+Adding a match touches one module and its tests.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 from nftrace.errors import InputError
 from nftrace.ruleset.model import MatchSpec, Option, TargetSpec
@@ -23,46 +32,131 @@ class ParseCtx:
     table: str
     chain: str
     family: str  # ipv4 | ipv6
-    protocol: str | None  # -p value, lowercase, None when absent
+    protocol: str | None  # -p value as written, lowercase; None when absent
     proto_negated: bool = False
+    #: protocol number of -p (None when absent), for extensions that need `-p tcp` etc.
+    proto_num: int | None = None
+    #: matches of the rule parsed so far (TCPMSS, SYNPROXY look at them)
+    matches: list[MatchSpec] = field(default_factory=list)
 
     def error(self, message: str) -> InputError:
         return InputError(message, file=self.file, line=self.line)
 
 
+class Arg(NamedTuple):
+    """How an option is written: lo..hi arguments; `!` allowed; may repeat."""
+
+    lo: int
+    hi: int
+    inv: bool = False
+    multi: bool = False
+
+
+# The usual shapes.
+F = Arg(0, 0)  # a flag
+FI = Arg(0, 0, True)
+V = Arg(1, 1)  # one value
+VI = Arg(1, 1, True)
+V2 = Arg(2, 2)
+V2I = Arg(2, 2, True)
+OPT = Arg(0, 1)  # a value when the next word does not start with '-' or '!'
+OPTI = Arg(0, 1, True)
+
 MatchParser = Callable[[list[Option], ParseCtx], MatchSpec]
 TargetParser = Callable[[list[Option], ParseCtx], TargetSpec]
 
-MATCHES: dict[str, MatchParser] = {}
-TARGETS: dict[str, TargetParser] = {}
-#: extension name -> "exact" | "unknown" | "partial", with a reason, for the README table
+
+@dataclass(slots=True)
+class ExtDef:
+    name: str
+    kind: str  # "match" | "target"
+    parse: Callable[[list[Option], ParseCtx], Any]
+    options: dict[str, Arg]
+    aliases: dict[str, str]
+    family: str | None  # None: both
+
+
+#: (name, family) -> definition
+MATCHES: dict[tuple[str, str], ExtDef] = {}
+TARGETS: dict[tuple[str, str], ExtDef] = {}
+#: "-m NAME" / "-j NAME" -> (status, why), for the README table
 EXACTNESS: dict[str, tuple[str, str]] = {}
-#: options each implicit protocol match accepts (for `-p tcp --dport 80` without `-m tcp`)
-IMPLICIT_OPTIONS: dict[str, frozenset[str]] = {}
+
+# Match names iptables resolves to another (libxtables' icmp6 alias).
+MATCH_ALIASES = {"icmpv6": "icmp6", "ipv6-icmp": "icmp6"}
+
+STATUS_TEXT = {
+    "exact": "evaluated exactly",
+    "host": "exact, given the host context",
+    "packet": "exact when the packet gives the field, else `unknown`",
+    "partial": "partly exact",
+    "unknown": "parsed; evaluated as `unknown`",
+    "effect": "effect modelled",
+    "continue": "continues; no effect on the path",
+    "effect-unknown": "continues; its effect is `unknown`",
+    "verdict-unknown": "verdict `unknown`",
+}
+_ORDER = ["exact", "host", "packet", "effect", "partial", "continue", "effect-unknown", "verdict-unknown", "unknown"]
+
+
+def _register(
+    table: dict[tuple[str, str], ExtDef],
+    kind: str,
+    names: tuple[str, ...],
+    fn: Callable[[list[Option], ParseCtx], Any],
+    options: dict[str, Arg],
+    aliases: dict[str, str] | None,
+    family: str | None,
+    exactness: str,
+    why: str,
+) -> None:
+    for n in names:
+        d = ExtDef(n, kind, fn, dict(options), dict(aliases or {}), family)
+        for fam in ("ipv4", "ipv6") if family is None else (family,):
+            table[(n, fam)] = d
+        key = ("-m " if kind == "match" else "-j ") + n
+        if key not in EXACTNESS or exactness != "unknown":
+            EXACTNESS[key] = (exactness, why)
 
 
 def match(
-    *names: str, exactness: str = "exact", why: str = "", implicit_options: tuple[str, ...] = ()
+    *names: str,
+    options: dict[str, Arg] | None = None,
+    aliases: dict[str, str] | None = None,
+    family: str | None = None,
+    exactness: str = "exact",
+    why: str = "",
 ) -> Callable[[MatchParser], MatchParser]:
     def deco(fn: MatchParser) -> MatchParser:
-        for n in names:
-            MATCHES[n] = fn
-            EXACTNESS.setdefault(f"-m {n}", (exactness, why))
-            if implicit_options:
-                IMPLICIT_OPTIONS[n] = frozenset(implicit_options)
+        _register(MATCHES, "match", names, fn, options or {}, aliases, family, exactness, why)
         return fn
 
     return deco
 
 
-def target(*names: str, exactness: str = "exact", why: str = "") -> Callable[[TargetParser], TargetParser]:
+def target(
+    *names: str,
+    options: dict[str, Arg] | None = None,
+    aliases: dict[str, str] | None = None,
+    family: str | None = None,
+    exactness: str = "effect",
+    why: str = "",
+) -> Callable[[TargetParser], TargetParser]:
     def deco(fn: TargetParser) -> TargetParser:
-        for n in names:
-            TARGETS[n] = fn
-            EXACTNESS.setdefault(f"-j {n}", (exactness, why))
+        _register(TARGETS, "target", names, fn, options or {}, aliases, family, exactness, why)
         return fn
 
     return deco
+
+
+def find_match(name: str, family: str) -> ExtDef | None:
+    load_extensions()
+    return MATCHES.get((MATCH_ALIASES.get(name, name), family))
+
+
+def find_target(name: str, family: str) -> ExtDef | None:
+    load_extensions()
+    return TARGETS.get((name, family))
 
 
 _loaded = False
@@ -73,67 +167,94 @@ def load_extensions() -> None:
     global _loaded
     if _loaded:
         return
+    _loaded = True
     from nftrace.ruleset import ext  # noqa: F401  (import registers)
 
-    _loaded = True
+
+def exactness_table() -> str:
+    """Markdown table: every extension nftrace parses, how it is evaluated and why."""
+    load_extensions()
+    fams: dict[str, set[str]] = {}
+    for table in (MATCHES, TARGETS):
+        for (n, fam), d in table.items():
+            fams.setdefault(("-m " if d.kind == "match" else "-j ") + n, set()).add(fam)
+    rows = ["| extension | family | how nftrace evaluates it | why / assumption |", "|---|---|---|---|"]
+
+    def order(key: str) -> tuple[int, int, str]:
+        status = EXACTNESS.get(key, ("unknown", ""))[0]
+        return (0 if key.startswith("-m") else 1, _ORDER.index(status) if status in _ORDER else 99, key.lower())
+
+    for key in sorted(fams, key=order):
+        status, why = EXACTNESS.get(key, ("unknown", ""))
+        f = fams[key]
+        fam = "both" if len(f) == 2 else ("IPv4" if "ipv4" in f else "IPv6")
+        rows.append(f"| `{key}` | {fam} | {STATUS_TEXT.get(status, status)} | {why} |")
+    return "\n".join(rows) + "\n"
 
 
 # ---------------------------------------------------------------- option helpers
 
 
 class Opts:
-    """Convenience view over a section's options for extension parsers."""
+    """Convenience view over a section's options for extension parsers.
 
-    __slots__ = ("ctx", "ext", "items", "_used")
+    The rule parser has already checked names, arity, `!` and repetition, so
+    this only looks things up (the last occurrence wins, as with getopt).
+    """
+
+    __slots__ = ("ctx", "ext", "items", "_by")
 
     def __init__(self, items: list[Option], ctx: ParseCtx, ext: str) -> None:
         self.items = items
         self.ctx = ctx
         self.ext = ext
-        self._used: set[int] = set()
+        self._by: dict[str, Option] = {o.name: o for o in items}
 
-    def _find(self, names: tuple[str, ...]) -> tuple[int, Option] | None:
-        found: tuple[int, Option] | None = None
-        for i, o in enumerate(self.items):
-            if o.name in names:
-                found = (i, o)  # the last one wins, as with getopt
+    def get(self, *names: str, nvals: int | tuple[int, ...] | None = None, negatable: bool = True) -> Option | None:
+        found = None
+        for n in names:
+            o = self._by.get(n)
+            if o is not None:
+                found = o
+        if found is None:
+            return None
+        if nvals is not None:
+            allowed = (nvals,) if isinstance(nvals, int) else nvals
+            if len(found.values) not in allowed:
+                want = " or ".join(str(a) for a in allowed)
+                raise self.ctx.error(f"{self.ext}: --{found.name} takes {want} argument(s)")
+        if found.negated and not negatable:
+            raise self.ctx.error(f"{self.ext}: --{found.name} cannot be negated with '!'")
         return found
 
-    def get(self, *names: str, nvals: int | tuple[int, ...] = 1, negatable: bool = True) -> Option | None:
-        f = self._find(names)
-        if f is None:
-            return None
-        i, o = f
-        for j, other in enumerate(self.items):
-            if other.name in names:
-                self._used.add(j)
-        allowed = (nvals,) if isinstance(nvals, int) else nvals
-        if len(o.values) not in allowed:
-            want = " or ".join(str(a) for a in allowed)
-            raise self.ctx.error(f"{self.ext}: option --{o.name} takes {want} argument(s), got {len(o.values)}")
-        if o.negated and not negatable:
-            raise self.ctx.error(f"{self.ext}: option --{o.name} cannot be negated")
-        return o
+    def has(self, name: str) -> bool:
+        return name in self._by
 
     def flag(self, *names: str) -> bool:
-        return self.get(*names, nvals=0, negatable=False) is not None
+        return self.get(*names) is not None
 
     def value(self, *names: str) -> str | None:
-        o = self.get(*names, negatable=False)
-        return o.values[0] if o is not None else None
+        o = self.get(*names)
+        return o.values[0] if o is not None and o.values else None
 
     def done(self) -> None:
-        """Reject options nobody consumed: iptables would refuse them too."""
-        for i, o in enumerate(self.items):
-            if i not in self._used:
-                raise self.ctx.error(f"{self.ext}: unknown option --{o.name}")
+        """Kept for extension parsers: unknown options were already refused by the rule parser."""
+
+    def exclusive(self, *names: str) -> None:
+        got = [n for n in names if n in self._by]
+        if len(got) > 1:
+            raise self.ctx.error(f"{self.ext}: --{got[0]} and --{got[1]} cannot be used together")
+
+    def require_one(self, *names: str) -> str:
+        got = [n for n in names if n in self._by]
+        if not got:
+            raise self.ctx.error(f"{self.ext}: one of --{', --'.join(names)} is required")
+        if len(got) > 1:
+            raise self.ctx.error(f"{self.ext}: --{got[0]} and --{got[1]} cannot be used together")
+        return got[0]
 
 
 def int_value(ctx: ParseCtx, ext: str, opt: str, text: str, lo: int = 0, hi: int = 0xFFFFFFFF) -> int:
-    try:
-        v = int(text, 0)
-    except ValueError:
-        raise ctx.error(f"{ext}: --{opt}: {text!r} is not a number") from None
-    if not lo <= v <= hi:
-        raise ctx.error(f"{ext}: --{opt}: {v} is out of range {lo}..{hi}")
-    return v
+    from nftrace.ruleset.values import uint
+
+    return uint(ctx, ext, opt, text, lo, hi)

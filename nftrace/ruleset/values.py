@@ -182,8 +182,11 @@ def parse_host(text: str, family: str) -> int | None:
 
 
 def looks_like_hostname(text: str) -> bool:
-    return bool(text) and any(c.isalpha() for c in text) and ":" not in text and all(
-        c.isalnum() or c in "-._" for c in text
+    return (
+        bool(text)
+        and any(c.isalpha() for c in text)
+        and ":" not in text
+        and all(c.isalnum() or c in "-._" for c in text)
     )
 
 
@@ -196,7 +199,7 @@ def host_error(ctx: ParseCtx, what: str, text: str, family: str) -> Exception:
     other = "ipv6" if family == "ipv4" else "ipv4"
     if parse_host(text, other) is not None:
         return ctx.error(f"{what}: {text!r} is an {other} address but these are {family} rules")
-    return ctx.error(f"{what}: {text!r} is not a valid {family} address")
+    return ctx.error(f"{what}: {text!r} is not an address ({family} expected)")
 
 
 def parse_addr_mask(text: str, family: str, ctx: ParseCtx, what: str) -> tuple[int, int]:
@@ -233,7 +236,15 @@ def prefix_len(mask: int, family: str) -> int | None:
 
 
 def addr_text(a: int, family: str) -> str:
-    return str(ipaddress.IPv4Address(a)) if family == "ipv4" else str(ipaddress.IPv6Address(a))
+    """inet_ntop: IPv4 dotted quad; IPv6 compressed, with an embedded IPv4 address written dotted
+    (::ffff:1.2.3.4 and ::1.2.3.4, as glibc prints them)."""
+    if family == "ipv4":
+        return str(ipaddress.IPv4Address(a))
+    hi96 = a >> 32
+    low = a & 0xFFFFFFFF
+    if (hi96 == 0xFFFF or (hi96 == 0 and low > 0xFFFF)) and a >> 48 == 0:
+        return ("::ffff:" if hi96 else "::") + str(ipaddress.IPv4Address(low))
+    return str(ipaddress.IPv6Address(a))
 
 
 def net_text(net: int, mask: int, family: str) -> str:
@@ -261,6 +272,13 @@ def save_string(value: str) -> str:
         out.append(c)
     out.append('"')
     return "".join(out)
+
+
+def word(value: str) -> str:
+    """A name iptables-save prints bare (%s): bare, unless it could not be read back that way."""
+    if value and not any(c in value for c in ' \t"\\'):
+        return value
+    return quote_always(value)
 
 
 def quote_always(value: str) -> str:

@@ -3,6 +3,7 @@
 from nftrace.ruleset.ext import (  # noqa: F401
     basic,
     conntrack,
+    generic,
     ipset,
     mark,
     misc,

@@ -2,64 +2,65 @@
 
 from __future__ import annotations
 
-import ipaddress
 from typing import TYPE_CHECKING
 
-from nftrace.engine.packet import PROTO_NAMES, canonical_proto, proto_number
+from nftrace.engine.packet import PROTO_NAMES
 from nftrace.ruleset.model import MatchOutcome, MatchSpec
+from nftrace.ruleset.values import c_strtoul, net_text, parse_addr_mask, quote_always
 
 if TYPE_CHECKING:
     from nftrace.engine.env import Env
     from nftrace.engine.packet import Packet
     from nftrace.ruleset.registry import ParseCtx
 
-
-def parse_prefix(text: str, family: str, ctx: ParseCtx, what: str) -> tuple[int, int, int]:
-    """'10.0.0.0/8' | '10.0.0.1' | '10.0.0.0/255.0.0.0' -> (network int, mask int, bits)."""
-    addr, _, mask = text.partition("/")
-    bits = 32 if family == "ipv4" else 128
-    full = (1 << bits) - 1
-    try:
-        a = ipaddress.ip_address(addr)
-    except ValueError:
-        raise ctx.error(f"{what}: {text!r} is not an address (host names are not resolved)") from None
-    if (a.version == 4) != (family == "ipv4"):
-        raise ctx.error(f"{what}: {text!r} is not an {family} address")
-    if not mask:
-        m = full
-        plen = bits
-    elif mask.isdigit():
-        plen = int(mask)
-        if plen > bits:
-            raise ctx.error(f"{what}: invalid prefix length /{mask}")
-        m = (full << (bits - plen)) & full
-    else:
-        try:
-            m = int(ipaddress.ip_address(mask))
-        except ValueError:
-            raise ctx.error(f"{what}: invalid mask {mask!r}") from None
-        plen = bin(m).count("1")
-    return int(a) & m, m, plen
+# /etc/protocols (netbase) official names: what `-p NAME` accepts (getprotobyname)
+# and what iptables-save prints for a number (getprotobynumber).
+_ETC_PROTOCOLS = (
+    "ip 0;hopopt 0;icmp 1;igmp 2;ggp 3;ipencap 4;st 5;tcp 6;egp 8;igp 9;pup 12;udp 17;hmp 20;"
+    "xns-idp 22;rdp 27;iso-tp4 29;dccp 33;xtp 36;ddp 37;idpr-cmtp 38;ipv6 41;ipv6-route 43;"
+    "ipv6-frag 44;idrp 45;rsvp 46;gre 47;esp 50;ah 51;skip 57;ipv6-icmp 58;ipv6-nonxt 59;"
+    "ipv6-opts 60;rspf 73;vmtp 81;eigrp 88;ospf 89;ax.25 93;ipip 94;etherip 97;encap 98;pim 103;"
+    "ipcomp 108;vrrp 112;l2tp 115;isis 124;sctp 132;fc 133;mobility-header 135;udplite 136;"
+    "mpls-in-ip 137;manet 138;hip 139;shim6 140;wesp 141;rohc 142;ethernet 143"
+)
+PROTO_BY_NAME: dict[str, int] = {}
+SAVE_NAME: dict[int, str] = {}
+for _item in _ETC_PROTOCOLS.split(";"):
+    _n, _v = _item.split()
+    PROTO_BY_NAME.setdefault(_n, int(_v))
+    SAVE_NAME.setdefault(int(_v), _n)
+# libxtables' own table (xtables_chain_protos), used when /etc/protocols lacks a name
+for _alias, _num in (("icmpv6", 58), ("ipv6-mh", 135), ("mh", 135), ("all", 0), ("udplite", 136)):
+    PROTO_BY_NAME.setdefault(_alias, _num)
 
 
-def format_prefix(net: int, mask: int, family: str) -> str:
-    bits = 32 if family == "ipv4" else 128
-    a = ipaddress.ip_address(net) if family == "ipv4" else ipaddress.IPv6Address(net)
-    if family == "ipv4":
-        a = ipaddress.IPv4Address(net)
-    plen = bin(mask).count("1")
-    contiguous = mask == ((1 << bits) - 1) ^ ((1 << (bits - plen)) - 1)
-    if contiguous:
-        return f"{a}/{plen}"
-    m = ipaddress.IPv4Address(mask) if family == "ipv4" else ipaddress.IPv6Address(mask)
-    return f"{a}/{m}"
+def protocol_number(text: str) -> int | None:
+    """xtables_parse_protocol: a number 0..255 or a protocol name (already lower-cased)."""
+    v = c_strtoul(text)
+    if v is not None:
+        return v if v <= 255 else None
+    return PROTO_BY_NAME.get(text)
+
+
+def protocol_save_name(num: int) -> str:
+    return SAVE_NAME.get(num, str(num))
+
+
+def engine_proto(num: int) -> str:
+    """The name the engine's packets carry for a protocol number (nftrace.engine.packet)."""
+    return PROTO_NAMES.get(num, str(num))
+
+
+#: position of each built-in match in iptables-save's output: -s -d -i -o -p -f
+BASIC_RANK = {"s": 0, "d": 1, "i": 2, "o": 3, "p": 4, "f": 5}
 
 
 class AddrMatch(MatchSpec):
     name = "ip"
-    __slots__ = ("field", "net", "mask", "neg", "family", "text")
+    __slots__ = ("field", "net", "mask", "neg", "family", "text", "basic_rank")
 
     def __init__(self, field: str, net: int, mask: int, neg: bool, family: str, text: str) -> None:
+        self.basic_rank = BASIC_RANK[field]
         self.field = field
         self.net = net
         self.mask = mask
@@ -79,23 +80,26 @@ class AddrMatch(MatchSpec):
 
 class IfaceMatch(MatchSpec):
     name = "ip"
-    __slots__ = ("field", "iface", "prefix", "neg", "text")
+    __slots__ = ("field", "iface", "prefix", "neg", "text", "anything", "basic_rank")
 
     def __init__(self, field: str, iface: str, neg: bool, text: str) -> None:
+        self.basic_rank = BASIC_RANK[field]
         self.field = field
         self.prefix = iface.endswith("+")
         self.iface = iface[:-1] if self.prefix else iface
         self.neg = neg
         self.text = text
+        # `-i +` compares no byte of the name: it is no condition at all (iptables-save omits it)
+        self.anything = self.prefix and not self.iface
 
     def evaluate(self, pkt: Packet, env: Env) -> MatchOutcome:
+        if self.anything:
+            return not self.neg
         dev = pkt.iif if self.field == "i" else pkt.oif
         if dev is None:
-            # No device on this hook (-i in OUTPUT/POSTROUTING, -o in PREROUTING/INPUT).
-            # iptables-nft: `meta iifname` has no value -> the rule never matches, even
-            # negated.  legacy: compares against an empty name, so `! -i X` matches.
-            if env.backend == "nft":
-                return False
+            # No device on this hook (-i in OUTPUT/POSTROUTING, -o in PREROUTING/INPUT): both
+            # backends compare an empty name, so `! -i X` matches there (seen in the kernel's
+            # trace for a user chain called from OUTPUT, on iptables-nft).
             dev = ""
         hit = dev.startswith(self.iface) if self.prefix else dev == self.iface
         return hit != self.neg
@@ -105,16 +109,21 @@ class IfaceMatch(MatchSpec):
         which = "input" if self.field == "i" else "output"
         return f"{self.text} ({which} interface is {dev or 'not set on this hook'})"
 
+    def canonical(self) -> str:
+        return "" if self.anything and not self.neg else self.text
+
 
 class ProtoMatch(MatchSpec):
     name = "ip"
-    __slots__ = ("proto", "neg", "text", "any")
+    basic_rank = 4
+    __slots__ = ("proto", "neg", "text", "any", "number")
 
-    def __init__(self, proto: str, neg: bool, text: str) -> None:
+    def __init__(self, proto: str, neg: bool, text: str, number: int = -1) -> None:
         self.proto = proto
         self.neg = neg
         self.text = text
-        self.any = proto in ("all", "0")
+        self.number = number
+        self.any = proto in ("all", "0") or number == 0
 
     def evaluate(self, pkt: Packet, env: Env) -> MatchOutcome:
         if self.any:
@@ -124,9 +133,13 @@ class ProtoMatch(MatchSpec):
     def why_not(self, pkt: Packet, env: Env) -> str:
         return f"{self.text} (protocol is {pkt.proto})"
 
+    def canonical(self) -> str:
+        return "" if self.any else self.text
+
 
 class FragMatch(MatchSpec):
     name = "ip"
+    basic_rank = 5
     __slots__ = ("neg", "text")
 
     def __init__(self, neg: bool, text: str) -> None:
@@ -141,33 +154,33 @@ class FragMatch(MatchSpec):
 
 
 def basic_match(kind: str, neg: bool, value: str, ctx: ParseCtx) -> MatchSpec:
+    """One basic match; `value` is a single address for -s/-d (lists are split by the parser)."""
     bang = "! " if neg else ""
     if kind in ("s", "d"):
-        if "," in value:
-            raise ctx.error(
-                f"-{kind} {value}: several addresses in one rule expand to several rules; "
-                "write one rule per address as iptables-save prints them"
-            )
-        net, mask, _ = parse_prefix(value, ctx.family, ctx, f"-{kind}")
-        text = f"{bang}-{kind} {format_prefix(net, mask, ctx.family)}"
+        net, mask = parse_addr_mask(value, ctx.family, ctx, f"-{kind}")
+        if mask == 0 and neg:
+            # legacy loads it (never matches), iptables-nft refuses it (RULE_APPEND EINVAL)
+            raise ctx.error(f"'! -{kind} {value}': a negated /0 never matches and iptables-nft refuses it")
+        text = "" if mask == 0 and not neg else f"{bang}-{kind} {net_text(net, mask, ctx.family)}"
         return AddrMatch(kind, net, mask, neg, ctx.family, text)
     if kind in ("i", "o"):
-        if not value or len(value) > 15:
-            raise ctx.error(f"-{kind}: invalid interface name {value!r}")
-        return IfaceMatch(kind, value, neg, f"{bang}-{kind} {value}")
+        if len(value) > 15:
+            raise ctx.error(f"-{kind}: interface name {value!r} is longer than 15 characters")
+        if not value:
+            raise ctx.error(f"-{kind}: empty interface name")
+        # iptables only warns about a blank or '/' (no interface can have them); iptables-save
+        # prints such a name bare, which does not read back: quote it instead
+        shown = quote_always(value) if any(c in value for c in ' \t"\\') else value
+        return IfaceMatch(kind, value, neg, f"{bang}-{kind} {shown}")
     if kind == "p":
-        p = canonical_proto(value)
-        if ctx.family == "ipv6" and p == "icmp":
-            p = "icmp"  # ip6tables -p icmp means IPv4 ICMP (never matches v6)
-        if p not in ("all", "0") and proto_number(p) is None and not p.isdigit():
+        num = protocol_number(value)
+        if num is None:
             raise ctx.error(f"-p: unknown protocol {value!r}")
-        if p.isdigit() and int(p) > 255:
-            raise ctx.error(f"-p: protocol {value} out of range")
-        if p.isdigit():
-            p = PROTO_NAMES.get(int(p), p)
-        return ProtoMatch(p, neg, f"{bang}-p {value}")
+        if num == 0 and neg:
+            raise ctx.error(f"'! -p {value}': rule would never match protocol")
+        return ProtoMatch(engine_proto(num), neg, f"{bang}-p {protocol_save_name(num)}", num)
     if kind == "f":
         if ctx.family == "ipv6":
-            raise ctx.error("-f is not valid for ip6tables (use -m frag)")
+            raise ctx.error("-f is not an ip6tables option (use -m frag)")
         return FragMatch(neg, f"{bang}-f")
     raise ctx.error(f"unknown basic match -{kind}")

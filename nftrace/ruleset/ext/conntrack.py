@@ -1,13 +1,24 @@
-"""Connection tracking: -m conntrack, -m state, -j CT, -j NOTRACK."""
+"""Connection tracking: -m conntrack, -m state, -m helper, -j CT, -j NOTRACK."""
 
 from __future__ import annotations
 
+import ipaddress
 from typing import TYPE_CHECKING
 
-from nftrace.ruleset.ext.basic import parse_prefix
-from nftrace.ruleset.ext.proto import parse_range
+from nftrace.ruleset.ext.basic import protocol_number
 from nftrace.ruleset.model import MatchOutcome, MatchSpec, Option, TargetResult, TargetSpec, Unknown
-from nftrace.ruleset.registry import Opts, ParseCtx, match, target
+from nftrace.ruleset.registry import VI, F, Opts, ParseCtx, V, match, target
+from nftrace.ruleset.values import (
+    addr_text,
+    parse_addr_mask,
+    parse_host,
+    port_range,
+    prefix_len,
+    range_text,
+    uint,
+    uint_range,
+    word,
+)
 
 if TYPE_CHECKING:
     from nftrace.engine.env import Env
@@ -33,11 +44,16 @@ def has_ct(pkt: Packet) -> bool:
 
 def _states(text: str, ctx: ParseCtx, ext: str, allowed: tuple[str, ...]) -> frozenset[str]:
     out = set()
-    for s in text.upper().split(","):
-        if s not in allowed:
+    for s in text.split(","):
+        u = s.upper()
+        if u not in allowed:
             raise ctx.error(f"{ext}: unknown state {s!r}")
-        out.add(s)
+        out.add(u)
     return frozenset(out)
+
+
+def _ordered(states: frozenset[str], order: tuple[str, ...]) -> str:
+    return ",".join(s for s in order if s in states)
 
 
 class StateMatch(MatchSpec):
@@ -53,15 +69,18 @@ class StateMatch(MatchSpec):
         return f"{self.text} (connection state {','.join(sorted(packet_states(pkt)))})"
 
 
-@match("state")
+_STATE_ORDER = ("INVALID", "NEW", "RELATED", "ESTABLISHED", "UNTRACKED")
+
+
+@match("state", options={"state": VI}, why="conntrack state of the packet (NEW/ESTABLISHED/...)")
 def parse_state(items: list[Option], ctx: ParseCtx) -> MatchSpec:
     o = Opts(items, ctx, "state")
     opt = o.get("state")
-    o.done()
     if opt is None:
-        raise ctx.error("state: --state is required")
-    st = _states(opt.values[0], ctx, "state", ("INVALID", "NEW", "RELATED", "ESTABLISHED", "UNTRACKED"))
-    return StateMatch(st, opt.negated, f"-m state {'! ' if opt.negated else ''}--state {opt.values[0]}")
+        raise ctx.error('state: option "--state" must be specified')
+    st = _states(opt.values[0], ctx, "state", _STATE_ORDER)
+    bang = "! " if opt.negated else ""
+    return StateMatch(st, opt.negated, f"-m state {bang}--state {_ordered(st, _STATE_ORDER)}")
 
 
 class ConntrackMatch(MatchSpec):
@@ -103,15 +122,13 @@ class ConntrackMatch(MatchSpec):
         tup = orig if kind.startswith("orig") else repl
         fieldname = kind[4:]
         if fieldname in ("src", "dst"):
-            import ipaddress
-
             assert isinstance(val, tuple)
             net, mask = val
             return bool((int(ipaddress.ip_address(str(tup[fieldname]))) & int(mask)) == int(net))
         assert isinstance(val, tuple)
         port = tup[fieldname]
         lo, hi = val
-        return port is not None and lo <= int(str(port)) <= int(str(hi))
+        return port is not None and int(lo) <= int(str(port)) <= int(hi)
 
     def evaluate(self, pkt: Packet, env: Env) -> MatchOutcome:
         for kind, neg, val in self.checks:
@@ -128,61 +145,114 @@ class ConntrackMatch(MatchSpec):
         return f"{self.text} (state {','.join(sorted(packet_states(pkt)))}, original {pkt.orig_src} > {pkt.orig_dst})"
 
 
+# option -> (check kind, print rank)
 _CT_OPTS = {
-    "ctstate": "state",
-    "ctproto": "proto",
-    "ctorigsrc": "origsrc",
-    "ctorigdst": "origdst",
-    "ctreplsrc": "replsrc",
-    "ctrepldst": "repldst",
-    "ctorigsrcport": "origsport",
-    "ctorigdstport": "origdport",
-    "ctreplsrcport": "replsport",
-    "ctrepldstport": "repldport",
-    "ctstatus": "status",
-    "ctexpire": "expire",
+    "ctstate": "state", "ctproto": "proto", "ctorigsrc": "origsrc", "ctorigdst": "origdst",
+    "ctreplsrc": "replsrc", "ctrepldst": "repldst", "ctorigsrcport": "origsport", "ctorigdstport": "origdport",
+    "ctreplsrcport": "replsport", "ctrepldstport": "repldport", "ctstatus": "status", "ctexpire": "expire",
     "ctdir": "dir",
-}
+}  # fmt: skip
+_CT_PRINT_ORDER = list(_CT_OPTS)
 
 
-@match("conntrack")
+def _addr_print(host: int, mask: int, family: str) -> str:
+    """libxt_conntrack prints the address as given (not masked) and the mask as a prefix length."""
+    n = prefix_len(mask, family)
+    full = 32 if family == "ipv4" else 128
+    if n == full:
+        return addr_text(host, family)
+    return f"{addr_text(host, family)}/{n}"
+
+
+@match(
+    "conntrack",
+    options={**{k: VI for k in _CT_OPTS}, "ctdir": V},
+    exactness="partial",
+    why="state, NAT, tuple, protocol and direction exact; --ctstatus of existing connections and --ctexpire unknown",
+)
 def parse_conntrack(items: list[Option], ctx: ParseCtx) -> MatchSpec:
+    if not items:
+        raise ctx.error("conntrack: at least one option is required")
     checks: list[tuple[str, bool, object]] = []
-    parts = ["-m conntrack"]
+    shown: dict[str, str] = {}
     for opt in items:
-        kind = _CT_OPTS.get(opt.name)
-        if kind is None:
-            raise ctx.error(f"conntrack: unknown option --{opt.name}")
-        if len(opt.values) != 1:
-            raise ctx.error(f"conntrack: --{opt.name} takes one argument")
+        kind = _CT_OPTS[opt.name]
         v = opt.values[0]
+        bang = "! " if opt.negated else ""
         val: object
         if kind == "state":
             val = _states(v, ctx, "conntrack", STATES)
+            shown[opt.name] = f"{bang}--ctstate {_ordered(val, STATES)}"
         elif kind == "status":
             val = _states(v, ctx, "conntrack", STATUSES)
+            shown[opt.name] = f"{bang}--ctstatus {_ordered(val, STATUSES)}"
         elif kind == "proto":
-            from nftrace.engine.packet import canonical_proto
+            num = protocol_number(v.lower())
+            if num is None:
+                raise ctx.error(f"conntrack: --ctproto: unknown protocol {v!r}")
+            if num == 0:
+                raise ctx.error("conntrack: --ctproto 0 would never match")
+            from nftrace.ruleset.ext.basic import engine_proto
 
-            val = canonical_proto(v)
+            val = engine_proto(num)
+            shown[opt.name] = f"{bang}--ctproto {num}"
         elif kind in ("origsrc", "origdst", "replsrc", "repldst"):
-            net, mask, _ = parse_prefix(v, ctx.family, ctx, f"--{opt.name}")
+            net, mask = parse_addr_mask(v, ctx.family, ctx, f"conntrack --{opt.name}")
+            host = parse_host(v.partition("/")[0], ctx.family) or 0
+            if prefix_len(mask, ctx.family) is None:
+                # iptables keeps only the address of an address/non-contiguous-mask here
+                net, mask = host, (1 << (32 if ctx.family == "ipv4" else 128)) - 1
             val = (net, mask)
+            shown[opt.name] = f"{bang}--{opt.name} {_addr_print(host, mask, ctx.family)}"
         elif kind.endswith("port"):
-            val = parse_range(v, ctx, "tcp")
-            kind = kind[:-4] + ("sport" if kind.endswith("sport") else "dport")
-            kind = kind.replace("ssport", "sport").replace("ddport", "dport")
+            val = port_range(ctx, "conntrack", opt.name, v)
+            shown[opt.name] = f"{bang}--{opt.name} {range_text(*val)}"
         elif kind == "dir":
             if v.upper() not in ("ORIGINAL", "REPLY"):
                 raise ctx.error("conntrack: --ctdir takes ORIGINAL or REPLY")
             val = v.upper()
-        else:
-            val = v
+            shown[opt.name] = f"--ctdir {val}"
+        else:  # expire
+            val = uint_range(ctx, "conntrack", "ctexpire", v)
+            shown[opt.name] = f"{bang}--ctexpire {range_text(*val)}"
         checks.append((kind, opt.negated, val))
-        parts.append(("! " if opt.negated else "") + f"--{opt.name} {v}")
-    if not checks:
-        raise ctx.error("conntrack: at least one option is required")
-    return ConntrackMatch(checks, " ".join(parts))
+    text = " ".join(["-m conntrack", *(shown[k] for k in _CT_PRINT_ORDER if k in shown)])
+    return ConntrackMatch(checks, text)
+
+
+class _HelperMatch(MatchSpec):
+    exactness = "unknown"
+    __slots__ = ("text", "neg")
+
+    def __init__(self, text: str, neg: bool) -> None:
+        self.text = text
+        self.neg = neg
+
+    def evaluate(self, pkt: Packet, env: Env) -> MatchOutcome:
+        # xt_helper looks at the helper of the connection's master: only RELATED (expected)
+        # connections have one; for every other packet the match is just its '!'.
+        if not has_ct(pkt) or pkt.ct_state != "RELATED":
+            return self.neg
+        return Unknown(f"{self.text}: which helper created the expectation is not known offline")
+
+
+@match(
+    "helper",
+    options={"helper": VI},
+    exactness="partial",
+    why="only RELATED connections have a master with a helper; which helper is unknown",
+)
+def parse_helper(items: list[Option], ctx: ParseCtx) -> MatchSpec:
+    from nftrace.ruleset.values import save_string
+
+    o = Opts(items, ctx, "helper")
+    h = o.get("helper")
+    if h is None:
+        raise ctx.error('helper: option "--helper" must be specified')
+    return _HelperMatch(f"-m helper {'! ' if h.negated else ''}--helper {save_string(h.values[0])}", h.negated)
+
+
+# ------------------------------------------------------------------ targets
 
 
 class NotrackTarget(TargetSpec):
@@ -221,23 +291,64 @@ class CtTarget(TargetSpec):
         return TargetResult("CONTINUE", note=", ".join(note) or None)
 
 
-@target("NOTRACK")
+@target("NOTRACK", exactness="effect", why="the packet becomes UNTRACKED (nat is skipped)")
 def parse_notrack(items: list[Option], ctx: ParseCtx) -> TargetSpec:
-    Opts(items, ctx, "NOTRACK").done()
     return NotrackTarget("-j NOTRACK")
 
 
-@target("CT")
+_CT_EVENTS = ("new", "related", "destroy", "reply", "assured", "protoinfo", "helper", "mark", "natseqinfo", "secmark")
+
+
+def _events(ctx: ParseCtx, opt: str, text: str, table: tuple[str, ...]) -> str:
+    got = set()
+    for e in text.split(","):
+        if e not in table:
+            raise ctx.error(f"CT: --{opt}: unknown event {e!r}")
+        got.add(e)
+    return ",".join(e for e in table if e in got)
+
+
+@target(
+    "CT",
+    options={"notrack": F, "helper": V, "timeout": V, "ctevents": V, "expevents": V, "zone": V, "zone-orig": V,
+             "zone-reply": V},
+    exactness="effect",
+    why="--notrack makes the packet UNTRACKED; zones, helpers and timeouts are noted, not modelled",
+)  # fmt: skip
 def parse_ct(items: list[Option], ctx: ParseCtx) -> TargetSpec:
     o = Opts(items, ctx, "CT")
-    notrack = o.flag("notrack")
-    zone = o.value("zone", "zone-orig", "zone-reply")
-    helper = o.value("helper")
-    o.value("ctevents")
-    o.value("expevents")
-    o.value("timeout")
-    o.done()
-    text = "-j CT " + " ".join(("--" + i.name + (" " + " ".join(i.values) if i.values else "")) for i in items)
+    parts = ["-j CT"]
+    notrack = o.has("notrack")
     if notrack:
-        return CtNotrackTarget(text.strip())
-    return CtTarget(text.strip(), zone, helper)
+        parts.append("--notrack")
+    helper = o.value("helper")
+    if helper is not None:
+        parts.append(f"--helper {word(helper)}")
+    tmo = o.value("timeout")
+    if tmo is not None:
+        parts.append(f"--timeout {word(tmo)}")
+    ev = o.value("ctevents")
+    if ev is not None:
+        parts.append(f"--ctevents {_events(ctx, 'ctevents', ev, _CT_EVENTS)}")
+    xev = o.value("expevents")
+    if xev is not None:
+        parts.append(f"--expevents {_events(ctx, 'expevents', xev, ('new',))}")
+    zone: str | None = None
+    zopts = [n for n in ("zone", "zone-orig", "zone-reply") if o.has(n)]
+    if len(zopts) > 1:
+        raise ctx.error("CT: only one of --zone, --zone-orig, --zone-reply")
+    if zopts:
+        z = o.value(zopts[0]) or ""
+        suffix = zopts[0][4:]
+        if z == "mark":
+            parts.append(f"--zone{suffix} mark")
+            zone = "mark"
+        else:
+            zv = uint(ctx, "CT", zopts[0], z, 0, 0xFFFF)
+            if zv:
+                parts.append(f"--zone{suffix} {zv}")
+                zone = str(zv)
+    text = " ".join(parts)
+    if notrack:
+        return CtNotrackTarget(text)
+    return CtTarget(text, zone, helper)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from nftrace.ruleset.ext.targets import set_flags
 from nftrace.ruleset.model import MatchOutcome, MatchSpec, Option, Unknown
-from nftrace.ruleset.registry import ParseCtx, match
+from nftrace.ruleset.registry import FI, V2I, VI, F, Opts, ParseCtx, V, match
+from nftrace.ruleset.values import uint, word
 
 if TYPE_CHECKING:
     from nftrace.engine.env import Env
@@ -40,29 +42,35 @@ class SetMatch(MatchSpec):
         return r != self.neg
 
 
-@match("set", exactness="exact", why="needs the ipset contents (--ipsets)")
+_SET_CMP = ("packets-eq", "packets-lt", "packets-gt", "bytes-eq", "bytes-lt", "bytes-gt")
+
+
+@match(
+    "set",
+    options={"match-set": V2I, "return-nomatch": F, "update-counters": FI, "update-subcounters": FI,
+             "packets-eq": VI, "packets-lt": V, "packets-gt": V, "bytes-eq": VI, "bytes-lt": V, "bytes-gt": V},
+    aliases={"set": "match-set"},
+    exactness="host",
+    why="exact given the ipset contents (--ipsets); unknown without them",
+)  # fmt: skip
 def parse_set(items: list[Option], ctx: ParseCtx) -> MatchSpec:
-    ms = [i for i in items if i.name in ("match-set", "set")]
-    for i in items:
-        if i.name not in (
-            "match-set",
-            "set",
-            "return-nomatch",
-            "update-counters",
-            "update-subcounters",
-            "packets-eq",
-            "packets-lt",
-            "packets-gt",
-            "bytes-eq",
-            "bytes-lt",
-            "bytes-gt",
-        ):
-            raise ctx.error(f"set: unknown option --{i.name}")
-    if len(ms) != 1 or len(ms[0].values) != 2:
+    o = Opts(items, ctx, "set")
+    opt = o.get("match-set")
+    if opt is None:
         raise ctx.error("set: --match-set NAME src|dst[,...] is required")
-    opt = ms[0]
-    flags = tuple(opt.values[1].split(","))
-    if any(f not in ("src", "dst") for f in flags):
-        raise ctx.error(f"set: invalid direction flags {opt.values[1]!r}")
-    text = f"-m set {'! ' if opt.negated else ''}--match-set {opt.values[0]} {opt.values[1]}"
-    return SetMatch(opt.values[0], flags, opt.negated, text)
+    name, dirs = opt.values
+    if len(name) > 31:
+        raise ctx.error(f"set: set name {name!r} is longer than 31 characters")
+    flags = tuple(set_flags(ctx, "set", dirs).split(","))
+    parts = [f"-m set {'! ' if opt.negated else ''}--match-set {word(name)} {dirs}"]
+    if o.has("return-nomatch"):
+        parts.append("--return-nomatch")
+    for n in ("update-counters", "update-subcounters"):
+        u = o.get(n)
+        if u is not None and u.negated:
+            parts.append(f"! --{n}")
+    for n in _SET_CMP:
+        c = o.get(n)
+        if c is not None:
+            parts.append(f"{'! ' if c.negated else ''}--{n} {uint(ctx, 'set', n, c.values[0], 0, 2**64 - 1)}")
+    return SetMatch(name, flags, opt.negated, " ".join(parts))

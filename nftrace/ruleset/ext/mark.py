@@ -6,7 +6,8 @@ from typing import TYPE_CHECKING
 
 from nftrace.ruleset.ext.conntrack import has_ct
 from nftrace.ruleset.model import MatchOutcome, MatchSpec, Option, TargetResult, TargetSpec
-from nftrace.ruleset.registry import Opts, ParseCtx, int_value, match, target
+from nftrace.ruleset.registry import VI, F, Opts, ParseCtx, V, match, target
+from nftrace.ruleset.values import hex_mark, uint
 
 if TYPE_CHECKING:
     from nftrace.engine.env import Env
@@ -16,9 +17,10 @@ FULL = 0xFFFFFFFF
 
 
 def value_mask(text: str, ctx: ParseCtx, ext: str, opt: str, default_mask: int = FULL) -> tuple[int, int]:
-    v, _, m = text.partition("/")
-    val = int_value(ctx, ext, opt, v)
-    mask = int_value(ctx, ext, opt, m) if m else default_mask
+    """xtables_parse_mark_mask: `value[/mask]`, each a 32-bit number."""
+    v, slash, m = text.partition("/")
+    val = uint(ctx, ext, opt, v)
+    mask = uint(ctx, ext, opt, m) if slash else default_mask
     return val, mask
 
 
@@ -46,71 +48,74 @@ class MarkMatch(MatchSpec):
 def _mark_match(name: str, items: list[Option], ctx: ParseCtx) -> MatchSpec:
     o = Opts(items, ctx, name)
     opt = o.get("mark")
-    o.done()
     if opt is None:
-        raise ctx.error(f"{name}: --mark is required")
+        raise ctx.error(f'{name}: option "--mark" must be specified')
     val, mask = value_mask(opt.values[0], ctx, name, "mark")
-    shown = hex(val) if mask == FULL else f"{hex(val)}/{hex(mask)}"
-    return MarkMatch(
-        name == "connmark", val & mask, mask, opt.negated, f"-m {name} {'! ' if opt.negated else ''}--mark {shown}"
-    )
+    # the kernel compares (mark & mask) == value: a value with bits outside the mask never matches
+    text = f"-m {name} {'! ' if opt.negated else ''}--mark {hex_mark(val, mask)}"
+    return MarkMatch(name == "connmark", val, mask, opt.negated, text)
 
 
-@match("mark")
+@match("mark", options={"mark": VI}, why="the packet's mark, as set by earlier rules")
 def parse_mark(items: list[Option], ctx: ParseCtx) -> MatchSpec:
     return _mark_match("mark", items, ctx)
 
 
-@match("connmark")
+@match("connmark", options={"mark": VI}, why="the connection's mark, as set by earlier rules")
 def parse_connmark(items: list[Option], ctx: ParseCtx) -> MatchSpec:
     return _mark_match("connmark", items, ctx)
 
 
 class MarkTarget(TargetSpec):
+    """The kernel's MARK (revision 2): mark = (mark & ~mask) ^ value; every option reduces to that."""
+
     name = "MARK"
 
-    def __init__(self, op: str, value: int, mask: int, text: str) -> None:
-        self.op, self.value, self.mask, self.text = op, value, mask, text
+    def __init__(self, value: int, mask: int, text: str) -> None:
+        self.op = "xset"
+        self.value, self.mask, self.text = value, mask, text
 
     def apply(self, pkt: Packet, env: Env) -> TargetResult:
         before = pkt.mark
-        if self.op == "xset":
-            pkt.mark = ((pkt.mark & ~self.mask) ^ self.value) & FULL
-        elif self.op == "set":
-            pkt.mark = ((pkt.mark & ~self.mask) | self.value) & FULL
-        elif self.op == "and":
-            pkt.mark &= self.value
-        elif self.op == "or":
-            pkt.mark |= self.value
-        elif self.op == "xor":
-            pkt.mark ^= self.value
+        pkt.mark = ((pkt.mark & ~self.mask) ^ self.value) & FULL
         return TargetResult("CONTINUE", note=f"mark {hex(before)} -> {hex(pkt.mark)}")
 
 
-@target("MARK")
+def _xmark(o: Opts, ctx: ParseCtx, ext: str, prefix: str = "") -> tuple[int, int] | None:
+    """--set-xmark / --set-mark / --and-mark / --or-mark / --xor-mark -> (value, mask) as the kernel stores it."""
+    names = [f"set-x{prefix}mark", f"set-{prefix}mark", f"and-{prefix}mark", f"or-{prefix}mark", f"xor-{prefix}mark"]
+    got = [n for n in names if o.has(n)]
+    if not got:
+        return None
+    if len(got) > 1:
+        raise ctx.error(f"{ext}: --{got[0]} and --{got[1]} cannot be used together")
+    n = got[0]
+    text = o.value(n) or ""
+    if n.startswith("set-x"):
+        return value_mask(text, ctx, ext, n)
+    if n.startswith("set-"):
+        v, m = value_mask(text, ctx, ext, n)
+        return v, m | v
+    v = uint(ctx, ext, n, text)
+    if n.startswith("and-"):
+        return 0, ~v & FULL
+    if n.startswith("or-"):
+        return v, v
+    return v, 0
+
+
+@target(
+    "MARK",
+    options={"set-xmark": V, "set-mark": V, "and-mark": V, "or-mark": V, "xor-mark": V},
+    why="sets the packet mark (later -m mark, routing by fwmark)",
+)
 def parse_mark_target(items: list[Option], ctx: ParseCtx) -> TargetSpec:
     o = Opts(items, ctx, "MARK")
-    found = []
-    for op, names in (
-        ("xset", ("set-xmark",)),
-        ("set", ("set-mark",)),
-        ("and", ("and-mark",)),
-        ("or", ("or-mark",)),
-        ("xor", ("xor-mark",)),
-    ):
-        opt = o.get(*names, negatable=False)
-        if opt is not None:
-            found.append((op, opt))
-    o.done()
-    if len(found) != 1:
-        raise ctx.error("MARK: exactly one of --set-xmark, --set-mark, --and-mark, --or-mark, --xor-mark is required")
-    op, opt = found[0]
-    if op in ("and", "or", "xor"):
-        val = int_value(ctx, "MARK", opt.name, opt.values[0])
-        mask = FULL
-    else:
-        val, mask = value_mask(opt.values[0], ctx, "MARK", opt.name)
-    return MarkTarget(op, val, mask, f"-j MARK --{opt.name} {opt.values[0]}")
+    vm = _xmark(o, ctx, "MARK")
+    if vm is None:
+        raise ctx.error("MARK: one of --set-xmark, --set-mark, --and-mark, --or-mark, --xor-mark is required")
+    v, m = vm
+    return MarkTarget(v, m, f"-j MARK --set-xmark {v:#x}/{m:#x}")
 
 
 class ConnmarkTarget(TargetSpec):
@@ -137,43 +142,39 @@ class ConnmarkTarget(TargetSpec):
         return TargetResult("CONTINUE", note=note)
 
 
-@target("CONNMARK")
+@target(
+    "CONNMARK",
+    options={"set-xmark": V, "set-mark": V, "and-mark": V, "or-mark": V, "xor-mark": V, "save-mark": F,
+             "restore-mark": F, "mask": V, "nfmask": V, "ctmask": V, "left-shift-mark": V,
+             "right-shift-mark": V},
+    why="sets, saves or restores the connection mark",
+)  # fmt: skip
 def parse_connmark_target(items: list[Option], ctx: ParseCtx) -> TargetSpec:
     o = Opts(items, ctx, "CONNMARK")
-    xset = o.get("set-xmark", negatable=False)
-    sset = o.get("set-mark", negatable=False)
-    andm = o.get("and-mark", negatable=False)
-    orm = o.get("or-mark", negatable=False)
-    xorm = o.get("xor-mark", negatable=False)
-    save = o.flag("save-mark")
-    restore = o.flag("restore-mark")
+    vm = _xmark(o, ctx, "CONNMARK")
+    save, restore = o.has("save-mark"), o.has("restore-mark")
+    modes = [m for m, on in (("set", vm is not None), ("save", save), ("restore", restore)) if on]
+    if not modes:
+        raise ctx.error("CONNMARK: one of --set-xmark, --set-mark, --save-mark, --restore-mark ... is required")
+    if len(modes) > 1:
+        raise ctx.error(f"CONNMARK: --{modes[0]}-mark and --{modes[1]}-mark cannot be used together")
     mask_o = o.value("mask")
-    nfmask_o = o.value("nfmask")
-    ctmask_o = o.value("ctmask")
-    o.value("left-shift-mark", "right-shift-mark")
-    o.done()
-    text = "-j CONNMARK " + " ".join("--" + i.name + "".join(" " + v for v in i.values) for i in items)
-    mask = int_value(ctx, "CONNMARK", "mask", mask_o) if mask_o else FULL
-    nfmask = int_value(ctx, "CONNMARK", "nfmask", nfmask_o) if nfmask_o else mask
-    ctmask = int_value(ctx, "CONNMARK", "ctmask", ctmask_o) if ctmask_o else mask
-    if xset is not None:
-        v, m = value_mask(xset.values[0], ctx, "CONNMARK", "set-xmark")
-        return ConnmarkTarget("set", v, m, FULL, text)
-    if sset is not None:
-        v, m = value_mask(sset.values[0], ctx, "CONNMARK", "set-mark")
-        # --set-mark v/m == --set-xmark v/(m|v)
-        return ConnmarkTarget("set", v, m | v, FULL, text)
-    if andm is not None:
-        v = int_value(ctx, "CONNMARK", "and-mark", andm.values[0])
-        return ConnmarkTarget("set", 0, ~v & FULL, FULL, text)
-    if orm is not None:
-        v = int_value(ctx, "CONNMARK", "or-mark", orm.values[0])
-        return ConnmarkTarget("set", v, v, FULL, text)
-    if xorm is not None:
-        v = int_value(ctx, "CONNMARK", "xor-mark", xorm.values[0])
-        return ConnmarkTarget("set", v, 0, FULL, text)
-    if save:
-        return ConnmarkTarget("save", 0, ctmask, nfmask, text)
-    if restore:
-        return ConnmarkTarget("restore", 0, ctmask, nfmask, text)
-    raise ctx.error("CONNMARK: one of --set-xmark, --set-mark, --save-mark, --restore-mark ... is required")
+    mask = uint(ctx, "CONNMARK", "mask", mask_o) if mask_o is not None else FULL
+    nf_o, ct_o = o.value("nfmask"), o.value("ctmask")
+    nfmask = uint(ctx, "CONNMARK", "nfmask", nf_o) if nf_o is not None else mask
+    ctmask = uint(ctx, "CONNMARK", "ctmask", ct_o) if ct_o is not None else mask
+    shift = ""
+    for sname in ("left-shift-mark", "right-shift-mark"):
+        sv = o.value(sname)
+        if sv is not None:
+            n = uint(ctx, "CONNMARK", sname, sv, 0, 31)
+            if n:
+                shift += f" --{sname} {n}"
+    if vm is not None:
+        if mask_o is not None or nf_o is not None or ct_o is not None:
+            raise ctx.error("CONNMARK: --mask/--nfmask/--ctmask go with --save-mark/--restore-mark")
+        v, m = vm
+        return ConnmarkTarget("set", v, m, FULL, f"-j CONNMARK --set-xmark {v:#x}/{m:#x}")
+    mode = modes[0]
+    text = f"-j CONNMARK --{mode}-mark --nfmask {nfmask:#x} --ctmask {ctmask:#x}{shift}"
+    return ConnmarkTarget(mode, 0, ctmask, nfmask, text)

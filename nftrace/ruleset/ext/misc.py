@@ -4,29 +4,27 @@ statistic, physdev, pkttype, ttl/hl, length, mac, owner, tos/dscp."""
 from __future__ import annotations
 
 import ipaddress
+import math
 from typing import TYPE_CHECKING
 
 from nftrace.ruleset.model import Chance, MatchOutcome, MatchSpec, Option, Unknown
-from nftrace.ruleset.registry import Opts, ParseCtx, int_value, match
+from nftrace.ruleset.registry import FI, VI, F, Opts, ParseCtx, V, match
+from nftrace.ruleset.values import addr_text, parse_host, range_text, save_string, uint, uint_range
 
 if TYPE_CHECKING:
     from nftrace.engine.env import Env
     from nftrace.engine.packet import Packet
 
 ADDR_TYPES = (
-    "UNSPEC",
-    "UNICAST",
-    "LOCAL",
-    "BROADCAST",
-    "ANYCAST",
-    "MULTICAST",
-    "BLACKHOLE",
-    "UNREACHABLE",
-    "PROHIBIT",
-    "THROW",
-    "NAT",
-    "XRESOLVE",
-)
+    "UNSPEC", "UNICAST", "LOCAL", "BROADCAST", "ANYCAST", "MULTICAST", "BLACKHOLE", "UNREACHABLE", "PROHIBIT",
+    "THROW", "NAT", "XRESOLVE",
+)  # fmt: skip
+
+PRE, INP, FWD, OUT, POST = "PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"
+
+
+def _bang(neg: bool) -> str:
+    return "! " if neg else ""
 
 
 class Always(MatchSpec):
@@ -39,16 +37,15 @@ class Always(MatchSpec):
         return True
 
 
-@match("comment")
+@match("comment", options={"comment": V}, why="always matches")
 def parse_comment(items: list[Option], ctx: ParseCtx) -> MatchSpec:
     o = Opts(items, ctx, "comment")
     c = o.value("comment")
-    o.done()
     if c is None:
-        raise ctx.error("comment: --comment is required")
-    if len(c) > 255:
-        raise ctx.error("comment: --comment is longer than 255 characters")
-    return Always(f'-m comment --comment "{c}"')
+        raise ctx.error('comment: option "--comment" must be specified')
+    if len(c.encode()) > 255:
+        raise ctx.error("comment: --comment is longer than 255 bytes")
+    return Always(f"-m comment --comment {save_string(c)}")
 
 
 class AddrtypeMatch(MatchSpec):
@@ -66,6 +63,10 @@ class AddrtypeMatch(MatchSpec):
     ) -> None:
         self.src, self.sneg, self.dst, self.dneg = src, sneg, dst, dneg
         self.lim_in, self.lim_out, self.text = lim_in, lim_out, text
+        if lim_in:
+            self.hooks = frozenset({PRE, INP, FWD})
+        elif lim_out:
+            self.hooks = frozenset({FWD, OUT, POST})
 
     def _dev(self, pkt: Packet) -> str | None:
         if self.lim_in:
@@ -96,45 +97,47 @@ class AddrtypeMatch(MatchSpec):
         )
 
 
-@match("addrtype")
+@match(
+    "addrtype",
+    options={"src-type": VI, "dst-type": VI, "limit-iface-in": F, "limit-iface-out": F},
+    exactness="host",
+    why="address types from the host's local/broadcast addresses and routes",
+)
 def parse_addrtype(items: list[Option], ctx: ParseCtx) -> MatchSpec:
     o = Opts(items, ctx, "addrtype")
     s = o.get("src-type")
     d = o.get("dst-type")
-    lin = o.flag("limit-iface-in")
-    lout = o.flag("limit-iface-out")
-    o.done()
-    if s is None and d is None:
-        raise ctx.error("addrtype: --src-type or --dst-type is required")
+    lin = o.has("limit-iface-in")
+    lout = o.has("limit-iface-out")
     if lin and lout:
         raise ctx.error("addrtype: --limit-iface-in and --limit-iface-out exclude each other")
+    if s is None and d is None:
+        raise ctx.error("addrtype: you must specify --src-type or --dst-type")
 
     def types(opt: Option) -> frozenset[str]:
         out = set()
-        for t in opt.values[0].upper().split(","):
-            if t not in ADDR_TYPES:
-                raise ctx.error(f"addrtype: unknown type {t!r}")
-            out.add(t)
+        for t in opt.values[0].split(","):
+            if t.upper() not in ADDR_TYPES:
+                raise ctx.error(f"addrtype: unknown address type {t!r}")
+            out.add(t.upper())
+        if ctx.family == "ipv6":
+            bad = out & {"BROADCAST", "BLACKHOLE", "PROHIBIT"}
+            if bad:
+                raise ctx.error(f"addrtype: ip6tables does not support {', '.join(sorted(bad))}")
         return frozenset(out)
 
     parts = ["-m addrtype"]
-    if s is not None:
-        parts.append(("! " if s.negated else "") + f"--src-type {s.values[0]}")
-    if d is not None:
-        parts.append(("! " if d.negated else "") + f"--dst-type {d.values[0]}")
+    st = types(s) if s else None
+    dt = types(d) if d else None
+    if s is not None and st is not None:
+        parts.append(f"{_bang(s.negated)}--src-type {','.join(t for t in ADDR_TYPES if t in st)}")
+    if d is not None and dt is not None:
+        parts.append(f"{_bang(d.negated)}--dst-type {','.join(t for t in ADDR_TYPES if t in dt)}")
     if lin:
         parts.append("--limit-iface-in")
     if lout:
         parts.append("--limit-iface-out")
-    return AddrtypeMatch(
-        types(s) if s else None,
-        bool(s and s.negated),
-        types(d) if d else None,
-        bool(d and d.negated),
-        lin,
-        lout,
-        " ".join(parts),
-    )
+    return AddrtypeMatch(st, bool(s and s.negated), dt, bool(d and d.negated), lin, lout, " ".join(parts))
 
 
 class IprangeMatch(MatchSpec):
@@ -156,42 +159,40 @@ class IprangeMatch(MatchSpec):
         return f"{self.text} ({pkt.src} > {pkt.dst})"
 
 
-@match("iprange")
+@match("iprange", options={"src-range": VI, "dst-range": VI}, why="address ranges")
 def parse_iprange(items: list[Option], ctx: ParseCtx) -> MatchSpec:
     o = Opts(items, ctx, "iprange")
     s = o.get("src-range")
     d = o.get("dst-range")
-    o.done()
     if s is None and d is None:
         raise ctx.error("iprange: --src-range or --dst-range is required")
 
     def rng(opt: Option) -> tuple[int, int]:
-        a, _, b = opt.values[0].partition("-")
-        try:
-            lo = ipaddress.ip_address(a)
-            hi = ipaddress.ip_address(b or a)
-        except ValueError:
-            raise ctx.error(f"iprange: invalid range {opt.values[0]!r}") from None
-        if (lo.version == 4) != (ctx.family == "ipv4") or lo.version != hi.version:
-            raise ctx.error(f"iprange: {opt.values[0]!r} is not an {ctx.family} range")
-        return int(lo), int(hi)
+        a, dash, b = opt.values[0].partition("-")
+        lo = parse_host(a, ctx.family)
+        hi = parse_host(b, ctx.family) if dash else lo
+        if lo is None or hi is None:
+            raise ctx.error(f"iprange: {opt.values[0]!r} is not an {ctx.family} address range")
+        return lo, hi
 
     parts = ["-m iprange"]
-    if s is not None:
-        parts.append(("! " if s.negated else "") + f"--src-range {s.values[0]}")
-    if d is not None:
-        parts.append(("! " if d.negated else "") + f"--dst-range {d.values[0]}")
-    return IprangeMatch(
-        rng(s) if s else None, bool(s and s.negated), rng(d) if d else None, bool(d and d.negated), " ".join(parts)
-    )
+    sr = rng(s) if s else None
+    dr = rng(d) if d else None
+    if s is not None and sr is not None:
+        parts.append(f"{_bang(s.negated)}--src-range {addr_text(sr[0], ctx.family)}-{addr_text(sr[1], ctx.family)}")
+    if d is not None and dr is not None:
+        parts.append(f"{_bang(d.negated)}--dst-range {addr_text(dr[0], ctx.family)}-{addr_text(dr[1], ctx.family)}")
+    return IprangeMatch(sr, bool(s and s.negated), dr, bool(d and d.negated), " ".join(parts))
 
 
 def kernel_probability(p: float) -> float:
-    """The probability the kernel really applies: userspace stores lround(p * 2^31) in 31 bits."""
-    n = round(p * 0x80000000)
-    n = max(0, min(n, 0x7FFFFFFF)) if p < 1.0 else 0x80000000
-    # the kernel compares (random & 0x7fffffff) < n, so P = n / 2^31
-    return n / 0x80000000
+    """The probability the kernel really applies: userspace stores lround(p * 2^31); the kernel
+    compares (random & 0x7fffffff) < stored, so P = stored / 2^31."""
+    return _stored_probability(p) / 0x80000000
+
+
+def _stored_probability(p: float) -> int:
+    return int(math.floor(p * 0x80000000 + 0.5))
 
 
 class StatisticMatch(MatchSpec):
@@ -209,34 +210,44 @@ class StatisticMatch(MatchSpec):
         return Chance(p, self.label)
 
 
-@match("statistic")
+@match(
+    "statistic",
+    options={"mode": V, "probability": VI, "every": VI, "packet": V},
+    why="random: a branch per outcome with the kernel's quantised probability; nth: its long-run share",
+)
 def parse_statistic(items: list[Option], ctx: ParseCtx) -> MatchSpec:
     o = Opts(items, ctx, "statistic")
     mode = o.value("mode")
     prob = o.get("probability")
     every = o.get("every")
     pkt = o.value("packet")
-    o.done()
+    if mode is None:
+        raise ctx.error('statistic: option "--mode" must be specified')
+    if mode not in ("random", "nth"):
+        raise ctx.error(f"statistic: bad mode {mode!r} (random or nth)")
+    if every is not None and pkt is None:
+        raise ctx.error('statistic: option "--every" also requires "--packet"')
     if mode == "random":
-        if prob is None or every is not None:
-            raise ctx.error("statistic: --mode random needs --probability (and no --every)")
+        if prob is None or every is not None or pkt is not None:
+            raise ctx.error("statistic: --mode random takes --probability (and not --every/--packet)")
         try:
             p = float(prob.values[0])
         except ValueError:
             raise ctx.error(f"statistic: invalid probability {prob.values[0]!r}") from None
         if not 0.0 <= p <= 1.0:
-            raise ctx.error("statistic: probability must be between 0 and 1")
-        kp = kernel_probability(p)
-        text = f"-m statistic --mode random {'! ' if prob.negated else ''}--probability {prob.values[0]}"
-        return StatisticMatch(kp, prob.negated, text, "random")
-    if mode == "nth":
-        if every is None or prob is not None:
-            raise ctx.error("statistic: --mode nth needs --every (and no --probability)")
-        n = int_value(ctx, "statistic", "every", every.values[0], 1)
-        k = int_value(ctx, "statistic", "packet", pkt, 0, n - 1) if pkt else 0
-        text = f"-m statistic --mode nth {'! ' if every.negated else ''}--every {n} --packet {k}"
-        return StatisticMatch(1.0 / n, every.negated, text, f"nth: 1 of every {n} packets (share over time)")
-    raise ctx.error("statistic: --mode random or --mode nth is required")
+            raise ctx.error("statistic: --probability must be between 0 and 1")
+        stored = _stored_probability(p)
+        shown = f"{stored / 0x80000000:.11f}"
+        text = f"-m statistic --mode random {_bang(prob.negated)}--probability {shown}"
+        return StatisticMatch(stored / 0x80000000, prob.negated, text, "random")
+    if every is None or prob is not None:
+        raise ctx.error("statistic: --mode nth takes --every and --packet (and not --probability)")
+    n = uint(ctx, "statistic", "every", every.values[0], 1)
+    k = uint(ctx, "statistic", "packet", pkt or "0")
+    if k > n - 1:
+        raise ctx.error("statistic: the --packet p must be 0 <= p <= n-1")
+    text = f"-m statistic --mode nth {_bang(every.negated)}--every {n} --packet {k}"
+    return StatisticMatch(1.0 / n, every.negated, text, f"nth: 1 of every {n} packets (share over time)")
 
 
 class PhysdevMatch(MatchSpec):
@@ -273,24 +284,28 @@ def _ifmatch(pattern: str, dev: str) -> bool:
     return dev.startswith(pattern[:-1]) if pattern.endswith("+") else dev == pattern
 
 
-@match("physdev")
+@match(
+    "physdev",
+    options={"physdev-in": VI, "physdev-out": VI, "physdev-is-in": FI, "physdev-is-out": FI, "physdev-is-bridged": FI},
+    exactness="packet",
+    why="bridge ports of bridged packets (br_netfilter); a packet that is not bridged matches only negated options",
+)
 def parse_physdev(items: list[Option], ctx: ParseCtx) -> MatchSpec:
-    opts: list[tuple[str, bool, str | None]] = []
-    for i in items:
-        if i.name in ("physdev-in", "physdev-out"):
-            if len(i.values) != 1:
-                raise ctx.error(f"physdev: --{i.name} takes one interface")
-            opts.append((i.name[8:], i.negated, i.values[0]))
-        elif i.name in ("physdev-is-in", "physdev-is-out", "physdev-is-bridged"):
-            if i.values:
-                raise ctx.error(f"physdev: --{i.name} takes no argument")
-            opts.append((i.name[8:], i.negated, None))
-        else:
-            raise ctx.error(f"physdev: unknown option --{i.name}")
-    if not opts:
+    if not items:
         raise ctx.error("physdev: at least one option is required")
-    text = "-m physdev " + " ".join(("! " if n else "") + f"--physdev-{k}" + (f" {v}" if v else "") for k, n, v in opts)
-    return PhysdevMatch(opts, text)
+    by = {i.name: i for i in items}
+    opts: list[tuple[str, bool, str | None]] = []
+    parts = ["-m physdev"]
+    for name in ("physdev-is-in", "physdev-in", "physdev-is-out", "physdev-out", "physdev-is-bridged"):
+        i = by.get(name)
+        if i is None:
+            continue
+        val = i.values[0] if i.values else None
+        if val is not None and len(val) > 15:
+            raise ctx.error(f"physdev: interface name {val!r} is longer than 15 characters")
+        opts.append((name[8:], i.negated, val))
+        parts.append(f"{_bang(i.negated)}--{name}" + (f" {val}" if val is not None else ""))
+    return PhysdevMatch(opts, " ".join(parts))
 
 
 class PkttypeMatch(MatchSpec):
@@ -315,17 +330,23 @@ def packet_type(pkt: Packet, env: Env) -> str:
     return "unicast"
 
 
-@match("pkttype")
+@match(
+    "pkttype",
+    options={"pkt-type": VI},
+    exactness="host",
+    why="unicast/broadcast/multicast from the destination and the host's broadcast addresses",
+)
 def parse_pkttype(items: list[Option], ctx: ParseCtx) -> MatchSpec:
     o = Opts(items, ctx, "pkttype")
     t = o.get("pkt-type")
-    o.done()
-    if t is None or t.values[0].lower() not in ("unicast", "broadcast", "multicast", "host"):
-        raise ctx.error("pkttype: --pkt-type unicast|broadcast|multicast is required")
+    if t is None:
+        raise ctx.error('pkttype: option "--pkt-type" must be specified')
     v = t.values[0].lower()
-    return PkttypeMatch(
-        "unicast" if v == "host" else v, t.negated, f"-m pkttype {'! ' if t.negated else ''}--pkt-type {v}"
-    )
+    names = {"unicast": "unicast", "host": "unicast", "broadcast": "broadcast", "multicast": "multicast",
+             "otherhost": "otherhost"}  # fmt: skip
+    if v not in names:
+        raise ctx.error(f"pkttype: bad packet type {t.values[0]!r}")
+    return PkttypeMatch(names[v], t.negated, f"-m pkttype {_bang(t.negated)}--pkt-type {names[v]}")
 
 
 class CmpMatch(MatchSpec):
@@ -358,45 +379,39 @@ class CmpMatch(MatchSpec):
 def _ttl(name: str, items: list[Option], ctx: ParseCtx) -> MatchSpec:
     pre = "ttl" if name == "ttl" else "hl"
     o = Opts(items, ctx, name)
-    found = [(op, o.get(f"{pre}-{op}")) for op in ("eq", "gt", "lt")]
-    o.done()
-    got = [(op, opt) for op, opt in found if opt is not None]
-    if len(got) != 1:
-        raise ctx.error(f"{name}: exactly one of --{pre}-eq, --{pre}-gt, --{pre}-lt is required")
-    op, opt = got[0]
+    op_name = o.require_one(f"{pre}-eq", f"{pre}-gt", f"{pre}-lt")
+    opt = o.get(op_name)
     assert opt is not None
-    v = int_value(ctx, name, opt.name, opt.values[0], 0, 255)
-    if opt.negated and op != "eq":
-        raise ctx.error(f"{name}: only --{pre}-eq can be negated")
-    return CmpMatch("ttl", op, v, v, opt.negated, f"-m {name} {'! ' if opt.negated else ''}--{opt.name} {v}")
+    op = op_name[-2:]
+    v = uint(ctx, name, opt.name, opt.values[0], 0, 255)
+    return CmpMatch("ttl", op, v, v, opt.negated, f"-m {name} {_bang(opt.negated)}--{opt.name} {v}")
 
 
-@match("ttl")
+@match("ttl", options={"ttl-eq": VI, "ttl-gt": V, "ttl-lt": V}, family="ipv4", why="TTL of the packet")
 def parse_ttl(items: list[Option], ctx: ParseCtx) -> MatchSpec:
     return _ttl("ttl", items, ctx)
 
 
-@match("hl")
+@match("hl", options={"hl-eq": VI, "hl-gt": V, "hl-lt": V}, family="ipv6", why="hop limit of the packet")
 def parse_hl(items: list[Option], ctx: ParseCtx) -> MatchSpec:
     return _ttl("hl", items, ctx)
 
 
-@match("length")
+@match("length", options={"length": VI}, exactness="packet", why="the packet's length (give --length)")
 def parse_length(items: list[Option], ctx: ParseCtx) -> MatchSpec:
     o = Opts(items, ctx, "length")
     opt = o.get("length")
-    o.done()
     if opt is None:
-        raise ctx.error("length: --length is required")
-    a, _, b = opt.values[0].partition(":")
-    lo = int_value(ctx, "length", "length", a or "0", 0, 65535)
-    hi = int_value(ctx, "length", "length", b or a or "65535", 0, 65535) if ":" not in opt.values[0] or b else 65535
-    text = f"-m length {'! ' if opt.negated else ''}--length {opt.values[0]}"
+        raise ctx.error('length: option "--length" must be specified')
+    lo, hi = uint_range(ctx, "length", "length", opt.values[0], 0xFFFF)
+    text = f"-m length {_bang(opt.negated)}--length {range_text(lo, hi)}"
     return CmpMatch("length", "range", lo, hi, opt.negated, text)
 
 
 class MacMatch(MatchSpec):
     __slots__ = ("mac", "neg", "text")
+
+    hooks = frozenset({PRE, INP, FWD})
 
     def __init__(self, mac: str, neg: bool, text: str) -> None:
         self.mac, self.neg, self.text = mac, neg, text
@@ -411,21 +426,39 @@ class MacMatch(MatchSpec):
         return (pkt.src_mac.lower() == self.mac) != self.neg
 
 
-@match("mac")
+def parse_mac_address(text: str) -> str | None:
+    parts = text.split(":")
+    if len(parts) != 6:
+        return None
+    out = []
+    for p in parts:
+        if not 1 <= len(p) <= 2 or any(c not in "0123456789abcdefABCDEF" for c in p):
+            return None
+        out.append(f"{int(p, 16):02x}")
+    return ":".join(out)
+
+
+@match(
+    "mac",
+    options={"mac-source": VI},
+    exactness="packet",
+    why="the sender's MAC address; never matches locally generated packets",
+)
 def parse_mac(items: list[Option], ctx: ParseCtx) -> MatchSpec:
     o = Opts(items, ctx, "mac")
     opt = o.get("mac-source")
-    o.done()
     if opt is None:
-        raise ctx.error("mac: --mac-source is required")
-    mac = opt.values[0].lower()
-    if len(mac.split(":")) != 6:
+        raise ctx.error('mac: option "--mac-source" must be specified')
+    mac = parse_mac_address(opt.values[0])
+    if mac is None:
         raise ctx.error(f"mac: invalid MAC address {opt.values[0]!r}")
-    return MacMatch(mac, opt.negated, f"-m mac {'! ' if opt.negated else ''}--mac-source {opt.values[0].upper()}")
+    return MacMatch(mac, opt.negated, f"-m mac {_bang(opt.negated)}--mac-source {mac}")
 
 
 class OwnerMatch(MatchSpec):
     __slots__ = ("opts", "text")
+
+    hooks = frozenset({OUT, POST})
 
     def __init__(self, opts: list[tuple[str, bool, tuple[int, int] | None]], text: str) -> None:
         self.opts, self.text = opts, text
@@ -437,6 +470,8 @@ class OwnerMatch(MatchSpec):
         for kind, neg, rng in self.opts:
             if kind == "socket-exists":
                 hit = True
+            elif kind == "suppl-groups":
+                continue
             else:
                 v = pkt.uid if kind == "uid" else pkt.gid
                 if v is None:
@@ -448,40 +483,57 @@ class OwnerMatch(MatchSpec):
         return True
 
 
-@match("owner")
+def _owner_id(ctx: ParseCtx, opt: str, text: str) -> tuple[int, int]:
+    a, dash, b = text.partition("-")
+    if a.isdigit():
+        lo = uint(ctx, "owner", opt, a, 0, 0xFFFFFFFE)
+        hi = uint(ctx, "owner", opt, b, 0, 0xFFFFFFFE) if dash else lo
+        if hi < lo:
+            raise ctx.error(f"owner: --{opt}: invalid range {text!r}")
+        return lo, hi
+    try:
+        import grp
+        import pwd
+
+        n = pwd.getpwnam(text).pw_uid if opt == "uid-owner" else grp.getgrnam(text).gr_gid
+    except (KeyError, ImportError):
+        if text == "root":
+            return 0, 0
+        raise ctx.error(f"owner: --{opt}: unknown user/group {text!r} (on the machine running nftrace)") from None
+    return n, n
+
+
+@match(
+    "owner",
+    options={"uid-owner": VI, "gid-owner": VI, "socket-exists": FI, "suppl-groups": F},
+    exactness="partial",
+    why="local packets: exact when --uid/--gid are given; forwarded packets have no socket",
+)
 def parse_owner(items: list[Option], ctx: ParseCtx) -> MatchSpec:
     opts: list[tuple[str, bool, tuple[int, int] | None]] = []
+    seen_gid = False
+    by: dict[str, tuple[bool, tuple[int, int] | None]] = {}
     for i in items:
         if i.name in ("uid-owner", "gid-owner"):
-            if len(i.values) != 1:
-                raise ctx.error(f"owner: --{i.name} takes one value")
-            a, _, b = i.values[0].partition("-")
-            if not a.isdigit():
-                try:
-                    import grp
-                    import pwd
-
-                    n = pwd.getpwnam(a).pw_uid if i.name == "uid-owner" else grp.getgrnam(a).gr_gid
-                except KeyError:
-                    raise ctx.error(f"owner: unknown user/group {a!r}") from None
-                lo = hi = n
-            else:
-                lo = int(a)
-                hi = int(b) if b else lo
-            opts.append((i.name[:3], i.negated, (lo, hi)))
+            by[i.name] = (i.negated, _owner_id(ctx, i.name, i.values[0]))
+            seen_gid = seen_gid or i.name == "gid-owner"
         elif i.name == "socket-exists":
-            opts.append(("socket-exists", i.negated, None))
+            by[i.name] = (i.negated, None)
         elif i.name == "suppl-groups":
-            continue
-        else:
-            raise ctx.error(f"owner: unknown option --{i.name}")
-    if not opts:
+            if not seen_gid:
+                raise ctx.error("owner: --suppl-groups requires --gid-owner before it")
+            by[i.name] = (False, None)
+    if not by or set(by) == {"suppl-groups"}:
         raise ctx.error("owner: at least one of --uid-owner, --gid-owner, --socket-exists is required")
-    text = "-m owner " + " ".join(
-        ("! " if n else "") + (f"--{k}-owner {r[0] if r[0] == r[1] else f'{r[0]}-{r[1]}'}" if r else f"--{k}")
-        for k, n, r in opts
-    )
-    return OwnerMatch(opts, text)
+    parts = ["-m owner"]
+    for name in ("socket-exists", "uid-owner", "gid-owner", "suppl-groups"):
+        if name not in by:
+            continue
+        neg, rng = by[name]
+        opts.append((name.split("-")[0] if name.endswith("owner") else name, neg, rng))
+        shown = "" if rng is None else " " + (str(rng[0]) if rng[0] == rng[1] else f"{rng[0]}-{rng[1]}")
+        parts.append(f"{_bang(neg)}--{name}{shown}")
+    return OwnerMatch(opts, " ".join(parts))
 
 
 class TosMatch(MatchSpec):
@@ -494,38 +546,48 @@ class TosMatch(MatchSpec):
         return (((pkt.tos >> self.shift) & self.mask) == self.value) != self.neg
 
 
-@match("dscp")
+DSCP_CLASSES = {f"CS{i}": i * 8 for i in range(8)} | {"EF": 46, "BE": 0}
+DSCP_CLASSES |= {f"AF{a}{b}": a * 8 + b * 2 for a in range(1, 5) for b in range(1, 4)}
+
+
+def dscp_value(ctx: ParseCtx, ext: str, o: Opts, num: str, cls: str) -> tuple[int, bool]:
+    which = o.require_one(num, cls)
+    opt = o.get(which)
+    assert opt is not None
+    if which == num:
+        return uint(ctx, ext, num, opt.values[0], 0, 0x3F), opt.negated
+    c = opt.values[0].upper()
+    if c not in DSCP_CLASSES:
+        raise ctx.error(f"{ext}: unknown DSCP class {opt.values[0]!r}")
+    return DSCP_CLASSES[c], opt.negated
+
+
+@match("dscp", options={"dscp": VI, "dscp-class": VI}, why="DSCP bits of the packet")
 def parse_dscp(items: list[Option], ctx: ParseCtx) -> MatchSpec:
     o = Opts(items, ctx, "dscp")
-    d = o.get("dscp")
-    c = o.get("dscp-class")
-    o.done()
-    classes = {f"CS{i}": i * 8 for i in range(8)} | {"EF": 46, "BE": 0}
-    classes |= {f"AF{a}{b}": a * 8 + b * 2 for a in range(1, 5) for b in range(1, 4)}
-    if d is not None:
-        v = int_value(ctx, "dscp", "dscp", d.values[0], 0, 63)
-        neg = d.negated
-    elif c is not None and c.values[0].upper() in classes:
-        v = classes[c.values[0].upper()]
-        neg = c.negated
-    else:
-        raise ctx.error("dscp: --dscp or a valid --dscp-class is required")
-    return TosMatch(v, 0x3F, 2, neg, f"-m dscp {'! ' if neg else ''}--dscp {hex(v)}")
+    v, neg = dscp_value(ctx, "dscp", o, "dscp", "dscp-class")
+    return TosMatch(v, 0x3F, 2, neg, f"-m dscp {_bang(neg)}--dscp {v:#04x}")
 
 
-@match("tos")
+TOS_NAMES = {"Minimize-Delay": 0x10, "Maximize-Throughput": 0x08, "Maximize-Reliability": 0x04,
+             "Minimize-Cost": 0x02, "Normal-Service": 0x00}  # fmt: skip
+
+
+def tos_value_mask(ctx: ParseCtx, ext: str, opt: str, text: str, name_mask: int = 0x3F) -> tuple[int, int]:
+    for n, named in TOS_NAMES.items():
+        if n.lower() == text.lower():
+            return named, name_mask
+    v, slash, m = text.partition("/")
+    val = uint(ctx, ext, opt, v, 0, 0xFF)
+    mask = uint(ctx, ext, opt, m, 0, 0xFF) if slash else 0xFF
+    return val, mask
+
+
+@match("tos", options={"tos": VI}, why="TOS bits of the packet")
 def parse_tos(items: list[Option], ctx: ParseCtx) -> MatchSpec:
     o = Opts(items, ctx, "tos")
     t = o.get("tos")
-    o.done()
     if t is None:
-        raise ctx.error("tos: --tos is required")
-    names = {"Minimize-Delay": 0x10, "Maximize-Throughput": 0x08, "Maximize-Reliability": 0x04,
-             "Minimize-Cost": 0x02, "Normal-Service": 0x00}  # fmt: skip
-    v, _, m = t.values[0].partition("/")
-    if v in names:
-        val, mask = names[v], 0x3F
-    else:
-        val = int_value(ctx, "tos", "tos", v, 0, 255)
-        mask = int_value(ctx, "tos", "tos", m, 0, 255) if m else 0xFF
-    return TosMatch(val & mask, mask, 0, t.negated, f"-m tos {'! ' if t.negated else ''}--tos {t.values[0]}")
+        raise ctx.error('tos: option "--tos" must be specified')
+    val, mask = tos_value_mask(ctx, "tos", "tos", t.values[0])
+    return TosMatch(val, mask, 0, t.negated, f"-m tos {_bang(t.negated)}--tos {val:#04x}/{mask:#04x}")

@@ -7,17 +7,19 @@ packet when the nat table's hook function finishes.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from nftrace.ruleset.ext.basic import parse_prefix
 from nftrace.ruleset.model import Option, TargetResult, TargetSpec
-from nftrace.ruleset.registry import Opts, ParseCtx, target
+from nftrace.ruleset.registry import F, Opts, ParseCtx, V, target
+from nftrace.ruleset.values import addr_text, c_strtoul, parse_addr_mask, parse_host, prefix_len, service_port
 
 if TYPE_CHECKING:
     from nftrace.engine.env import Env
     from nftrace.engine.packet import Packet
+
+PRE, INP, FWD, OUT, POST = "PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"
+_PORT_PROTOS = (6, 17, 132, 33, 136)  # tcp udp sctp dccp udplite
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +32,7 @@ class NatRequest:
     netmap: tuple[int, int] | None = None  # (network int, mask int) for NETMAP
     random: bool = False
     persistent: bool = False
+    port_base: int | None = None  # `:lo-hi/base` (port shift), not modelled by the engine
 
     @property
     def manip(self) -> str:
@@ -38,115 +41,190 @@ class NatRequest:
 
 
 class NatTarget(TargetSpec):
-    def __init__(self, kind: str, req: NatRequest, text: str) -> None:
+    tables = ("nat",)
+
+    def __init__(self, kind: str, req: NatRequest, text: str, hooks: frozenset[str]) -> None:
         self.kind = kind
         self.req = req
         self.text = text
+        self.hooks = hooks
 
     @property
     def name(self) -> str:  # type: ignore[override]
         return self.kind
 
     def apply(self, pkt: Packet, env: Env) -> TargetResult:
+        if self.req.port_base is not None:
+            return TargetResult(
+                "ACCEPT", nat=self.req, unknown=f"{self.text}: the port shift (/{self.req.port_base}) is not modelled"
+            )
         return TargetResult("ACCEPT", nat=self.req)
 
 
-def _parse_range(text: str, ctx: ParseCtx, ext: str) -> tuple[str | None, str | None, int | None, int | None]:
-    """'[ipaddr[-ipaddr]][:port[-port]]' (IPv6: '[addr]:port')."""
-    addr_part, port_part = text, ""
-    if ctx.family == "ipv6":
+def _one_port(ctx: ParseCtx, ext: str, text: str, services: bool = True) -> int:
+    v = c_strtoul(text, 10) if text.isdigit() else (service_port(text) if services else None)
+    if v is None or v > 0xFFFF:
+        raise ctx.error(f"{ext}: port {text!r} is not valid")
+    return v
+
+
+def parse_ports(ctx: ParseCtx, ext: str, text: str, base_ok: bool) -> tuple[int, int, int | None]:
+    """`p`, `p-q`, `p-q/base` (a service name is accepted for a single port and for the base)."""
+    rng, slash, base_t = text.partition("/")
+    if slash and not base_ok:
+        raise ctx.error(f"{ext}: {text!r}: a base port ('/N') is not supported here")
+    single = service_port(rng) if not rng.isdigit() else None
+    if single is not None:
+        lo = hi = single
+    else:
+        a, dash, b = rng.partition("-")
+        lo = _one_port(ctx, ext, a, services=not dash)
+        hi = _one_port(ctx, ext, b, services=False) if dash else lo
+        if lo > hi:
+            raise ctx.error(f"{ext}: invalid port range {rng!r}")
+    base = None
+    if slash:
+        base = _one_port(ctx, ext, base_t)
+        if base == 0:
+            raise ctx.error(f"{ext}: base port {base_t!r} must be 1-65535")
+    return lo, hi, base
+
+
+def _need_port_proto(ctx: ParseCtx, ext: str) -> None:
+    if ctx.proto_num not in _PORT_PROTOS or ctx.proto_negated:
+        raise ctx.error(f"{ext}: a port needs '-p tcp', '-p udp', '-p sctp' or '-p dccp'")
+
+
+def _ports_text(lo: int, hi: int, base: int | None) -> str:
+    return (str(lo) if lo == hi else f"{lo}-{hi}") + (f"/{base}" if base is not None else "")
+
+
+def _parse_range(
+    text: str, ctx: ParseCtx, ext: str
+) -> tuple[str | None, str | None, int | None, int | None, int | None, str]:
+    """'[ipaddr[-ipaddr]][:port[-port][/base]]' (IPv6: 'addr[-addr]' or '[addr[-addr]]:port...').
+
+    Returns the addresses, the ports and the range as iptables-save prints it.
+    """
+    v6 = ctx.family == "ipv6"
+    addr_part, port_part = text, None
+    if v6:
         if text.startswith("["):
-            addr_part, _, rest = text[1:].partition("]")
-            port_part = rest[1:] if rest.startswith(":") else ""
+            addr_part, close, rest = text[1:].partition("]")
+            if not close:
+                raise ctx.error(f"{ext}: {text!r}: missing ']'")
+            if rest:
+                if not rest.startswith(":"):
+                    raise ctx.error(f"{ext}: {text!r}: ':port' expected after ']'")
+                port_part = rest[1:]
     elif ":" in text:
         addr_part, _, port_part = text.partition(":")
     lo = hi = None
+    shown = ""
     if addr_part:
-        a, _, b = addr_part.partition("-")
-        try:
-            la = ipaddress.ip_address(a)
-            ha = ipaddress.ip_address(b) if b else la
-        except ValueError:
-            raise ctx.error(f"{ext}: invalid address {addr_part!r}") from None
-        if (la.version == 4) != (ctx.family == "ipv4"):
-            raise ctx.error(f"{ext}: {addr_part!r} is not an {ctx.family} address")
-        if int(ha) < int(la):
+        a, dash, b = addr_part.partition("-")
+        la = parse_host(a, ctx.family)
+        ha = parse_host(b, ctx.family) if dash else la
+        if la is None or ha is None:
+            raise ctx.error(f"{ext}: {addr_part!r} is not an {ctx.family} address (range)")
+        if ha < la:
             raise ctx.error(f"{ext}: invalid address range {addr_part!r}")
-        lo, hi = str(la), str(ha)
-    plo = phi = None
-    if port_part:
-        p1, _, p2 = port_part.replace(":", "-").partition("-")
-        p2 = p2.split("/")[0]
-        try:
-            plo = int(p1)
-            phi = int(p2) if p2 else plo
-        except ValueError:
-            raise ctx.error(f"{ext}: invalid port {port_part!r}") from None
-        if not (0 < plo <= 65535 and plo <= phi <= 65535):
-            raise ctx.error(f"{ext}: invalid port range {port_part!r}")
-        if ctx.protocol not in ("tcp", "udp", "sctp", "udplite", "dccp") or ctx.proto_negated:
-            raise ctx.error(f"{ext}: a port needs '-p tcp', '-p udp', '-p sctp' or '-p dccp'")
+        lo, hi = addr_text(la, ctx.family), addr_text(ha, ctx.family)
+        shown = lo if la == ha else f"{lo}-{hi}"
+    plo = phi = base = None
+    if port_part is not None:
+        if not port_part:
+            raise ctx.error(f"{ext}: {text!r}: port missing after ':'")
+        _need_port_proto(ctx, ext)
+        plo, phi, base = parse_ports(ctx, ext, port_part, True)
+        ports = _ports_text(plo, phi, base)
+        shown = f"[{shown}]:{ports}" if v6 else f"{shown}:{ports}"
     if lo is None and plo is None:
         raise ctx.error(f"{ext}: empty range {text!r}")
-    return lo, hi, plo, phi
+    return lo, hi, plo, phi, base, shown
 
 
-def _text(name: str, items: list[Option]) -> str:
-    return f"-j {name} " + " ".join("--" + i.name + "".join(" " + v for v in i.values) for i in items)
+def _flags(o: Opts, names: tuple[str, ...]) -> list[str]:
+    return [f"--{n}" for n in names if o.has(n)]
 
 
-@target("DNAT", "SNAT")
-def parse_snat_dnat(items: list[Option], ctx: ParseCtx) -> TargetSpec:
-    # which one we are is known from the option name
-    names = {i.name for i in items}
-    kind = "DNAT" if "to-destination" in names else "SNAT" if "to-source" in names else None
-    if kind is None:
-        raise ctx.error("DNAT needs --to-destination / SNAT needs --to-source")
+def _snat_dnat(kind: str, items: list[Option], ctx: ParseCtx) -> TargetSpec:
+    opt = "to-destination" if kind == "DNAT" else "to-source"
     o = Opts(items, ctx, kind)
-    to = o.get("to-destination" if kind == "DNAT" else "to-source", negatable=False)
-    rnd = o.flag("random") | o.flag("random-fully")
-    pers = o.flag("persistent")
-    o.done()
-    assert to is not None
-    if ctx.table != "nat":
-        raise ctx.error(f"{kind} is only valid in the nat table")
-    lo, hi, plo, phi = _parse_range(to.values[0], ctx, kind)
-    return NatTarget(kind, NatRequest(kind, lo, hi, plo, phi, None, rnd, pers), _text(kind, items))
+    to = o.value(opt)
+    if to is None:
+        raise ctx.error(f"{kind}: option --{opt} is required")
+    lo, hi, plo, phi, base, shown = _parse_range(to, ctx, kind)
+    flags = _flags(o, ("random", "random-fully", "persistent"))
+    text = " ".join([f"-j {kind} --{opt} {shown}", *flags])
+    rnd = o.has("random") or o.has("random-fully")
+    hooks = frozenset({PRE, OUT}) if kind == "DNAT" else frozenset({POST, INP})
+    req = NatRequest(kind, lo, hi, plo, phi, None, rnd, o.has("persistent"), base)
+    return NatTarget(kind, req, text, hooks)
 
 
-def _ports_only(kind: str, items: list[Option], ctx: ParseCtx) -> TargetSpec:
+@target(
+    "DNAT",
+    options={"to-destination": V, "random": F, "random-fully": F, "persistent": F},
+    why="rewrites the destination (first packet of a connection; replies follow the binding)",
+)
+def parse_dnat(items: list[Option], ctx: ParseCtx) -> TargetSpec:
+    return _snat_dnat("DNAT", items, ctx)
+
+
+@target(
+    "SNAT",
+    options={"to-source": V, "random": F, "random-fully": F, "persistent": F},
+    why="rewrites the source; the first address of a range is assumed",
+)
+def parse_snat(items: list[Option], ctx: ParseCtx) -> TargetSpec:
+    return _snat_dnat("SNAT", items, ctx)
+
+
+def _ports_only(kind: str, items: list[Option], ctx: ParseCtx, flags: tuple[str, ...]) -> TargetSpec:
     o = Opts(items, ctx, kind)
     ports = o.value("to-ports")
-    to_dst = o.value("to-destination") if kind == "REDIRECT" else None
-    rnd = o.flag("random") | o.flag("random-fully")
-    o.done()
-    del to_dst
-    if ctx.table != "nat":
-        raise ctx.error(f"{kind} is only valid in the nat table")
+    parts = [f"-j {kind}"]
     plo = phi = None
-    if ports:
-        _, _, plo, phi = _parse_range(":" + ports if ctx.family == "ipv4" else "[::]:" + ports, ctx, kind)
-    return NatTarget(kind, NatRequest(kind, None, None, plo, phi, None, rnd, False), _text(kind, items))
+    if ports is not None:
+        _need_port_proto(ctx, kind)
+        plo, phi, _ = parse_ports(ctx, kind, ports, False)
+        parts.append(f"--to-ports {_ports_text(plo, phi, None)}")
+    parts.extend(_flags(o, flags))
+    rnd = o.has("random") or o.has("random-fully")
+    hooks = frozenset({POST}) if kind == "MASQUERADE" else frozenset({PRE, OUT})
+    return NatTarget(kind, NatRequest(kind, None, None, plo, phi, None, rnd, False), " ".join(parts), hooks)
 
 
-@target("MASQUERADE")
+@target(
+    "MASQUERADE",
+    options={"to-ports": V, "random": F, "random-fully": F},
+    exactness="host",
+    why="source becomes the address of the outgoing interface (from the host context)",
+)
 def parse_masquerade(items: list[Option], ctx: ParseCtx) -> TargetSpec:
-    return _ports_only("MASQUERADE", items, ctx)
+    return _ports_only("MASQUERADE", items, ctx, ("random", "random-fully"))
 
 
-@target("REDIRECT")
+@target(
+    "REDIRECT",
+    options={"to-ports": V, "random": F},
+    exactness="host",
+    why="destination becomes the primary address of the incoming interface (from the host context)",
+)
 def parse_redirect(items: list[Option], ctx: ParseCtx) -> TargetSpec:
-    return _ports_only("REDIRECT", items, ctx)
+    return _ports_only("REDIRECT", items, ctx, ("random",))
 
 
-@target("NETMAP")
+@target("NETMAP", options={"to": V}, why="maps the network part of the address (1:1)")
 def parse_netmap(items: list[Option], ctx: ParseCtx) -> TargetSpec:
     o = Opts(items, ctx, "NETMAP")
     to = o.value("to")
-    o.done()
     if to is None:
-        raise ctx.error("NETMAP: --to address[/mask] is required")
-    if ctx.table != "nat":
-        raise ctx.error("NETMAP is only valid in the nat table")
-    net, mask, _ = parse_prefix(to, ctx.family, ctx, "NETMAP --to")
-    return NatTarget("NETMAP", NatRequest("NETMAP", netmap=(net, mask)), _text("NETMAP", items))
+        raise ctx.error("NETMAP: option --to is required")
+    net, mask = parse_addr_mask(to, ctx.family, ctx, "NETMAP --to")
+    n = prefix_len(mask, ctx.family)
+    if n is None:
+        raise ctx.error(f"NETMAP --to {to}: the mask must be a prefix")
+    text = f"-j NETMAP --to {addr_text(net, ctx.family)}/{n}"
+    return NatTarget("NETMAP", NatRequest("NETMAP", netmap=(net, mask)), text, frozenset({PRE, POST, OUT, INP}))

@@ -1,57 +1,42 @@
-"""Protocol matches: tcp, udp, udplite, sctp, dccp, icmp, icmp6, multiport."""
+"""Protocol matches: tcp, udp, sctp, dccp, icmp, icmp6, multiport, tcpmss, esp, ah, ipcomp, mh."""
 
 from __future__ import annotations
 
-import socket
 from typing import TYPE_CHECKING
 
-from nftrace.engine.packet import ICMP_TYPES, ICMPV6_TYPES, TCP_FLAGS
 from nftrace.ruleset.model import MatchOutcome, MatchSpec, Option, Unknown
-from nftrace.ruleset.registry import Opts, ParseCtx, match
+from nftrace.ruleset.registry import FI, V2I, VI, F, Opts, ParseCtx, match
+from nftrace.ruleset.values import port, port_range, range_text, uint, uint_range
 
 if TYPE_CHECKING:
     from nftrace.engine.env import Env
     from nftrace.engine.packet import Packet
 
+IPPROTO = {"tcp": 6, "udp": 17, "udplite": 136, "sctp": 132, "dccp": 33, "icmp": 1, "icmpv6": 58, "esp": 50,
+           "ah": 51, "ipcomp": 108, "mh": 135}  # fmt: skip
 
-def parse_port(text: str, ctx: ParseCtx, proto: str) -> int:
-    if text.isdigit():
-        v = int(text)
-        if v > 65535:
-            raise ctx.error(f"port {v} out of range")
-        return v
-    try:
-        return socket.getservbyname(text, proto if proto in ("tcp", "udp") else "tcp")
-    except OSError:
-        raise ctx.error(f"invalid port/service {text!r}") from None
+# libxt_tcp's flag names (iptables 1.8.9 knows no ECE/CWR names)
+TCP_FLAG_BITS = (("FIN", 0x01), ("SYN", 0x02), ("RST", 0x04), ("PSH", 0x08), ("ACK", 0x10), ("URG", 0x20))
 
 
-def parse_range(text: str, ctx: ParseCtx, proto: str) -> tuple[int, int]:
-    if ":" in text:
-        a, b = text.split(":", 1)
-        lo = parse_port(a, ctx, proto) if a else 0
-        hi = parse_port(b, ctx, proto) if b else 65535
-        if lo > hi:
-            raise ctx.error(f"invalid port range {text!r}")
-        return lo, hi
-    v = parse_port(text, ctx, proto)
-    return v, v
+def require_proto(ctx: ParseCtx, name: str, protos: tuple[str, ...]) -> str:
+    """The kernel's checkentry: the rule must say `-p PROTO` (not negated) for this match."""
+    nums = {IPPROTO[p] for p in protos}
+    if ctx.proto_num is None or ctx.proto_negated or ctx.proto_num not in nums:
+        want = "' or '-p ".join(protos)
+        raise ctx.error(f"-m {name} needs '-p {want}' (not negated) in the same rule")
+    for p in protos:
+        if IPPROTO[p] == ctx.proto_num:
+            return p
+    return protos[0]
 
 
-def _range_text(lo: int, hi: int) -> str:
-    return str(lo) if lo == hi else f"{lo}:{hi}"
-
-
-def _require_proto(ctx: ParseCtx, name: str, protos: tuple[str, ...]) -> str:
-    p = ctx.protocol
-    if p is None or ctx.proto_negated or p not in protos:
-        want = "/".join(protos)
-        raise ctx.error(f"-m {name} needs '-p {want}' (and not negated) in the same rule")
-    return p
+def _bang(neg: bool) -> str:
+    return "! " if neg else ""
 
 
 class PortMatch(MatchSpec):
-    """tcp/udp/udplite/sctp/dccp --sport/--dport (+ tcp flags)."""
+    """tcp/udp/sctp/dccp --sport/--dport (+ tcp flags)."""
 
     __slots__ = ("sport", "dport", "sneg", "dneg", "flags", "text", "name_")
 
@@ -90,66 +75,15 @@ class PortMatch(MatchSpec):
         return True
 
     def why_not(self, pkt: Packet, env: Env) -> str:
-        return f"{self.text} (packet {pkt.proto} {pkt.sport} > {pkt.dport}" + (
-            f" flags {','.join(f for f in TCP_FLAGS if f in pkt.tcp_flags) or 'none'})"
-            if self.flags is not None
-            else ")"
-        )
+        if self.flags is not None:
+            flags = ",".join(f for f, _ in TCP_FLAG_BITS if f in pkt.tcp_flags) or "none"
+            return f"{self.text} (packet {pkt.proto} {pkt.sport} > {pkt.dport} flags {flags})"
+        return f"{self.text} (packet {pkt.proto} {pkt.sport} > {pkt.dport})"
 
 
-def _flags(text: str, ctx: ParseCtx) -> frozenset[str]:
-    if text.upper() == "ALL":
-        return frozenset(TCP_FLAGS)
-    if text.upper() == "NONE":
-        return frozenset()
-    out: set[str] = set()
-    for f in text.upper().split(","):
-        if f == "ALL":
-            out.update(TCP_FLAGS)
-        elif f == "NONE":
-            continue
-        elif f in TCP_FLAGS:
-            out.add(f)
-        else:
-            raise ctx.error(f"tcp: unknown flag {f!r}")
-    return frozenset(out)
+class UnknownOptions(MatchSpec):
+    """A match some of whose options depend on packet fields nftrace does not model."""
 
-
-def _port_match(name: str, items: list[Option], ctx: ParseCtx, protos: tuple[str, ...]) -> MatchSpec:
-    proto = _require_proto(ctx, name, protos)
-    o = Opts(items, ctx, name)
-    parts = [f"-m {name}"]
-    s = o.get("sport", "source-port")
-    d = o.get("dport", "destination-port")
-    flags = None
-    sport = parse_range(s.values[0], ctx, proto) if s else None
-    dport = parse_range(d.values[0], ctx, proto) if d else None
-    if s and sport:
-        parts.append(("! " if s.negated else "") + "--sport " + _range_text(*sport))
-    if d and dport:
-        parts.append(("! " if d.negated else "") + "--dport " + _range_text(*dport))
-    if name == "tcp":
-        f = o.get("tcp-flags", nvals=2)
-        syn = o.get("syn", nvals=0)
-        if f is not None:
-            mask, comp = _flags(f.values[0], ctx), _flags(f.values[1], ctx)
-            flags = (mask, comp, f.negated)
-            parts.append(("! " if f.negated else "") + f"--tcp-flags {f.values[0]} {f.values[1]}")
-        elif syn is not None:
-            flags = (frozenset({"FIN", "SYN", "RST", "ACK"}), frozenset({"SYN"}), syn.negated)
-            parts.append(("! " if syn.negated else "") + "--tcp-flags FIN,SYN,RST,ACK SYN")
-        opt = o.get("tcp-option")
-        if opt is not None:
-            # TCP options are not part of our packet model.
-            o.done()
-            return _UnknownOptions(
-                name, " ".join(parts) + f" --tcp-option {opt.values[0]}", "TCP options of the packet"
-            )
-    o.done()
-    return PortMatch(name, sport, bool(s and s.negated), dport, bool(d and d.negated), flags, " ".join(parts))
-
-
-class _UnknownOptions(MatchSpec):
     exactness = "unknown"
     __slots__ = ("name_", "text", "what")
 
@@ -162,38 +96,210 @@ class _UnknownOptions(MatchSpec):
         return Unknown(f"{self.text}: depends on {self.what}, which nftrace does not model")
 
 
-@match("tcp", implicit_options=("sport", "source-port", "dport", "destination-port", "tcp-flags", "syn", "tcp-option"))
+def tcp_flags(text: str, ctx: ParseCtx) -> int:
+    bits = 0
+    for f in text.split(","):
+        u = f.upper()
+        if u == "ALL":
+            bits |= 0x3F
+        elif u == "NONE":
+            continue
+        else:
+            for name, b in TCP_FLAG_BITS:
+                if name == u:
+                    bits |= b
+                    break
+            else:
+                raise ctx.error(f"tcp: unknown TCP flag {f!r}")
+    return bits
+
+
+def flag_names(bits: int) -> str:
+    return ",".join(n for n, b in TCP_FLAG_BITS if bits & b) or "NONE"
+
+
+def _flag_set(bits: int) -> frozenset[str]:
+    return frozenset(n for n, b in TCP_FLAG_BITS if bits & b)
+
+
+_PORT_OPTS = {"sport": VI, "dport": VI}
+_PORT_ALIASES = {"source-port": "sport", "destination-port": "dport"}
+
+
+def _ports(
+    o: Opts, ctx: ParseCtx, name: str, proto: str, parts: list[str], always: bool = False
+) -> tuple[tuple[int, int] | None, bool, tuple[int, int] | None, bool]:
+    out: list[tuple[tuple[int, int] | None, bool]] = []
+    for opt in ("sport", "dport"):
+        got = o.get(opt)
+        if got is None:
+            out.append((None, False))
+            continue
+        rng = port_range(ctx, name, opt, got.values[0], proto)
+        full = rng == (0, 0xFFFF)
+        if always or not full or got.negated:
+            parts.append(f"{_bang(got.negated)}--{opt} {range_text(*rng)}")
+        out.append((None if full and not got.negated else rng, got.negated))
+    (s, sn), (d, dn) = out
+    return s, sn, d, dn
+
+
+@match(
+    "tcp",
+    options={**_PORT_OPTS, "tcp-flags": V2I, "syn": FI, "tcp-option": VI},
+    aliases=_PORT_ALIASES,
+    why="ports and flags from the packet; only --tcp-option is `unknown` (TCP options are not modelled)",
+)
 def parse_tcp(items: list[Option], ctx: ParseCtx) -> MatchSpec:
-    return _port_match("tcp", items, ctx, ("tcp",))
+    require_proto(ctx, "tcp", ("tcp",))
+    o = Opts(items, ctx, "tcp")
+    parts = ["-m tcp"]
+    s, sn, d, dn = _ports(o, ctx, "tcp", "tcp", parts)
+    o.exclusive("syn", "tcp-flags")
+    opt_o = o.get("tcp-option")
+    flags = None
+    f = o.get("tcp-flags")
+    syn = o.get("syn")
+    option_text = ""
+    if opt_o is not None:
+        v = uint(ctx, "tcp", "tcp-option", opt_o.values[0], 0, 255)
+        option_text = f"{_bang(opt_o.negated)}--tcp-option {v}"
+        parts.append(option_text)
+    if f is not None:
+        mask, comp = tcp_flags(f.values[0], ctx), tcp_flags(f.values[1], ctx)
+        flags = (_flag_set(mask), _flag_set(comp & mask), f.negated)
+        parts.append(f"{_bang(f.negated)}--tcp-flags {flag_names(mask)} {flag_names(comp)}")
+    elif syn is not None:
+        flags = (frozenset({"FIN", "SYN", "RST", "ACK"}), frozenset({"SYN"}), syn.negated)
+        parts.append(f"{_bang(syn.negated)}--tcp-flags FIN,SYN,RST,ACK SYN")
+    text = " ".join(parts)
+    if opt_o is not None:
+        return UnknownOptions("tcp", text, "the TCP options of the packet")
+    return PortMatch("tcp", s, sn, d, dn, flags, text)
 
 
-@match("udp", implicit_options=("sport", "source-port", "dport", "destination-port"))
+@match("udp", options=dict(_PORT_OPTS), aliases=_PORT_ALIASES, why="ports from the packet")
 def parse_udp(items: list[Option], ctx: ParseCtx) -> MatchSpec:
-    return _port_match("udp", items, ctx, ("udp",))
+    require_proto(ctx, "udp", ("udp",))
+    o = Opts(items, ctx, "udp")
+    parts = ["-m udp"]
+    s, sn, d, dn = _ports(o, ctx, "udp", "udp", parts)
+    return PortMatch("udp", s, sn, d, dn, None, " ".join(parts))
 
 
-@match("udplite", implicit_options=("sport", "source-port", "dport", "destination-port"))
-def parse_udplite(items: list[Option], ctx: ParseCtx) -> MatchSpec:
-    return _port_match("udplite", items, ctx, ("udplite",))
+_SCTP_CHUNKS = {
+    "DATA": 0, "INIT": 1, "INIT_ACK": 2, "SACK": 3, "HEARTBEAT": 4, "HEARTBEAT_ACK": 5, "ABORT": 6,
+    "SHUTDOWN": 7, "SHUTDOWN_ACK": 8, "ERROR": 9, "COOKIE_ECHO": 10, "COOKIE_ACK": 11, "ECN_ECNE": 12,
+    "ECN_CWR": 13, "SHUTDOWN_COMPLETE": 14, "I_DATA": 64, "RE_CONFIG": 130, "PAD": 132, "ASCONF": 193,
+    "ASCONF_ACK": 128, "FORWARD_TSN": 192, "I_FORWARD_TSN": 194,
+}  # fmt: skip
 
 
-@match("sctp", implicit_options=("sport", "source-port", "dport", "destination-port", "chunk-types"))
+@match(
+    "sctp",
+    options={**_PORT_OPTS, "chunk-types": V2I},
+    aliases=_PORT_ALIASES,
+    exactness="partial",
+    why="ports exact; --chunk-types unknown (SCTP chunks are not modelled)",
+)
 def parse_sctp(items: list[Option], ctx: ParseCtx) -> MatchSpec:
+    require_proto(ctx, "sctp", ("sctp",))
     o = Opts(items, ctx, "sctp")
-    ch = o.get("chunk-types", nvals=(2, 3))
-    if ch is not None:
-        rest = [i for i in items if i.name != "chunk-types"]
-        base = _port_match("sctp", rest, ctx, ("sctp",))
-        return _UnknownOptions("sctp", base.text + " --chunk-types " + " ".join(ch.values), "SCTP chunk types")
-    return _port_match("sctp", items, ctx, ("sctp",))
+    parts = ["-m sctp"]
+    s, sn, d, dn = _ports(o, ctx, "sctp", "sctp", parts)
+    ch = o.get("chunk-types")
+    if ch is None:
+        return PortMatch("sctp", s, sn, d, dn, None, " ".join(parts))
+    mode, lst = ch.values
+    if mode.lower() not in ("all", "any", "only"):
+        raise ctx.error(f"sctp: --chunk-types: {mode!r} must be all, any or only")
+    chunks: list[tuple[int, str]] = []
+    if lst.upper() != "NONE":
+        for item in lst.split(","):
+            name, _, flags = item.partition(":")
+            num = _SCTP_CHUNKS.get(name.upper())
+            if num is None:
+                raise ctx.error(f"sctp: unknown chunk type {name!r}")
+            chunks.append((num, name.upper() + (":" + flags if flags else "")))
+    chunks.sort()
+    shown = ",".join(n for _, n in chunks) or "NONE"
+    parts.append(f"{_bang(ch.negated)}--chunk-types {mode.lower()} {shown}")
+    return UnknownOptions("sctp", " ".join(parts), "SCTP chunk types")
 
 
-@match("dccp", exactness="partial", why="ports exact; --dccp-types/--dccp-option unknown")
+_DCCP_TYPES = ("REQUEST", "RESPONSE", "DATA", "ACK", "DATAACK", "CLOSEREQ", "CLOSE", "RESET", "SYNC", "SYNCACK",
+               "INVALID")  # fmt: skip
+
+
+@match(
+    "dccp",
+    options={**_PORT_OPTS, "dccp-types": VI, "dccp-option": VI},
+    aliases=_PORT_ALIASES,
+    exactness="partial",
+    why="ports exact; --dccp-types/--dccp-option unknown",
+)
 def parse_dccp(items: list[Option], ctx: ParseCtx) -> MatchSpec:
-    extra = [i for i in items if i.name not in ("sport", "source-port", "dport", "destination-port")]
+    require_proto(ctx, "dccp", ("dccp",))
+    o = Opts(items, ctx, "dccp")
+    parts = ["-m dccp"]
+    s, sn, d, dn = _ports(o, ctx, "dccp", "dccp", parts, always=True)
+    extra = False
+    t = o.get("dccp-types")
+    if t is not None:
+        bits = set()
+        for name in t.values[0].split(","):
+            if name.upper() not in _DCCP_TYPES:
+                raise ctx.error(f"dccp: unknown packet type {name!r}")
+            bits.add(_DCCP_TYPES.index(name.upper()))
+        parts.append(f"{_bang(t.negated)}--dccp-types {','.join(_DCCP_TYPES[b] for b in sorted(bits))}")
+        extra = True
+    opt = o.get("dccp-option")
+    if opt is not None:
+        v = uint(ctx, "dccp", "dccp-option", opt.values[0], 0, 255)
+        parts.append(f"{_bang(opt.negated)}--dccp-option {v}")
+        extra = True
+    text = " ".join(parts)
     if extra:
-        return _UnknownOptions("dccp", "-m dccp " + " ".join("--" + i.name for i in extra), "DCCP header fields")
-    return _port_match("dccp", items, ctx, ("dccp",))
+        return UnknownOptions("dccp", text, "DCCP header fields")
+    return PortMatch("dccp", s, sn, d, dn, None, text)
+
+
+# ------------------------------------------------------------------ icmp
+
+ICMP_NAMES: dict[str, tuple[int, int, int]] = {}
+for _names, _t, _c in (
+    ("echo-reply pong", 0, -1), ("destination-unreachable", 3, -1), ("network-unreachable", 3, 0),
+    ("host-unreachable", 3, 1), ("protocol-unreachable", 3, 2), ("port-unreachable", 3, 3),
+    ("fragmentation-needed", 3, 4), ("source-route-failed", 3, 5), ("network-unknown", 3, 6),
+    ("host-unknown", 3, 7), ("network-prohibited", 3, 9), ("host-prohibited", 3, 10),
+    ("TOS-network-unreachable", 3, 11), ("TOS-host-unreachable", 3, 12), ("communication-prohibited", 3, 13),
+    ("host-precedence-violation", 3, 14), ("precedence-cutoff", 3, 15), ("source-quench", 4, -1),
+    ("redirect", 5, -1), ("network-redirect", 5, 0), ("host-redirect", 5, 1), ("TOS-network-redirect", 5, 2),
+    ("TOS-host-redirect", 5, 3), ("echo-request ping", 8, -1), ("router-advertisement", 9, -1),
+    ("router-solicitation", 10, -1), ("time-exceeded ttl-exceeded", 11, -1), ("ttl-zero-during-transit", 11, 0),
+    ("ttl-zero-during-reassembly", 11, 1), ("parameter-problem", 12, -1), ("ip-header-bad", 12, 0),
+    ("required-option-missing", 12, 1), ("timestamp-request", 13, -1), ("timestamp-reply", 14, -1),
+    ("address-mask-request", 17, -1), ("address-mask-reply", 18, -1),
+):  # fmt: skip
+    for _n in _names.split():
+        ICMP_NAMES[_n] = (_t, 0 if _c < 0 else _c, 0xFF if _c < 0 else _c)
+ICMP_NAMES["any"] = (0xFF, 0, 0xFF)
+
+ICMPV6_NAMES: dict[str, tuple[int, int, int]] = {}
+for _names, _t, _c in (
+    ("destination-unreachable", 1, -1), ("no-route", 1, 0), ("communication-prohibited", 1, 1),
+    ("beyond-scope", 1, 2), ("address-unreachable", 1, 3), ("port-unreachable", 1, 4), ("failed-policy", 1, 5),
+    ("reject-route", 1, 6), ("packet-too-big", 2, -1), ("time-exceeded ttl-exceeded", 3, -1),
+    ("ttl-zero-during-transit", 3, 0), ("ttl-zero-during-reassembly", 3, 1), ("parameter-problem", 4, -1),
+    ("bad-header", 4, 0), ("unknown-header-type", 4, 1), ("unknown-option", 4, 2),
+    ("echo-request ping", 128, -1), ("echo-reply pong", 129, -1), ("mld-listener-query", 130, -1),
+    ("mld-listener-report", 131, -1), ("mld-listener-done mld-listener-reduction", 132, -1),
+    ("router-solicitation", 133, -1), ("router-advertisement", 134, -1),
+    ("neighbour-solicitation neighbor-solicitation", 135, -1),
+    ("neighbour-advertisement neighbor-advertisement", 136, -1), ("redirect", 137, -1),
+):  # fmt: skip
+    for _n in _names.split():
+        ICMPV6_NAMES[_n] = (_t, 0 if _c < 0 else _c, 0xFF if _c < 0 else _c)
 
 
 class IcmpMatch(MatchSpec):
@@ -219,49 +325,47 @@ class IcmpMatch(MatchSpec):
         return f"{self.text} (packet {pkt.proto} type {pkt.icmp_type} code {pkt.icmp_code})"
 
 
-def _icmp(
-    name: str, items: list[Option], ctx: ParseCtx, proto: str, table: dict[str, tuple[int, int | None]]
-) -> MatchSpec:
-    _require_proto(ctx, name, ("icmp",) if proto == "icmp" else ("icmpv6", "ipv6-icmp", "icmp6"))
-    o = Opts(items, ctx, name)
-    opt = o.get("icmp-type" if proto == "icmp" else "icmpv6-type")
-    o.done()
-    if opt is None:
-        return IcmpMatch(proto, True, 0, 0, 255, False, f"-m {name}")
-    v = opt.values[0]
-    bang = "! " if opt.negated else ""
-    flag = "--icmp-type" if proto == "icmp" else "--icmpv6-type"
-    if v == "any":
-        return IcmpMatch(proto, True, 0, 0, 255, opt.negated, f"-m {name} {bang}{flag} any")
-    if v in table:
-        t, c = table[v]
-        lo, hi = (c, c) if c is not None else (0, 255)
-    else:
-        try:
-            tp, _, cp = v.partition("/")
-            t = int(tp)
-            lo = hi = int(cp) if cp else -1
-            if not cp:
-                lo, hi = 0, 255
-        except ValueError:
-            raise ctx.error(f"{name}: unknown ICMP type {v!r}") from None
-        if not (0 <= t <= 255 and 0 <= lo <= 255):
-            raise ctx.error(f"{name}: ICMP type/code out of range in {v!r}")
-    return IcmpMatch(proto, False, t, lo, hi, opt.negated, f"-m {name} {bang}{flag} {v}")
+def _icmp_type(ctx: ParseCtx, ext: str, text: str, names: dict[str, tuple[int, int, int]]) -> tuple[int, int, int]:
+    if text in names:
+        return names[text]
+    tp, slash, cp = text.partition("/")
+    t = uint(ctx, ext, "type", tp, 0, 255) if tp and (tp[0].isdigit()) else None
+    if t is None:
+        raise ctx.error(f"{ext}: unknown ICMP type {text!r}")
+    if not slash:
+        return t, 0, 0xFF
+    lo, hi = uint_range(ctx, ext, "type", cp, 0xFF)
+    return t, lo, hi
 
 
-@match("icmp", implicit_options=("icmp-type",))
+@match("icmp", options={"icmp-type": VI}, family="ipv4", why="type and code from the packet")
 def parse_icmp(items: list[Option], ctx: ParseCtx) -> MatchSpec:
-    if ctx.family == "ipv6":
-        raise ctx.error("-m icmp is IPv4 only; use -p ipv6-icmp -m icmp6")
-    return _icmp("icmp", items, ctx, "icmp", ICMP_TYPES)
+    require_proto(ctx, "icmp", ("icmp",))
+    o = Opts(items, ctx, "icmp")
+    opt = o.get("icmp-type")
+    if opt is None:
+        raise ctx.error('icmp: option "--icmp-type" must be specified')
+    t, lo, hi = _icmp_type(ctx, "icmp", opt.values[0], ICMP_NAMES)
+    bang = _bang(opt.negated)
+    if t == 0xFF and lo == 0 and hi == 0xFF:
+        return IcmpMatch("icmp", True, 0, 0, 255, opt.negated, f"-m icmp {bang}--icmp-type any")
+    shown = str(t) if (lo, hi) == (0, 0xFF) else f"{t}/{lo}"
+    return IcmpMatch("icmp", False, t, lo, hi, opt.negated, f"-m icmp {bang}--icmp-type {shown}")
 
 
-@match("icmp6", implicit_options=("icmpv6-type",))
+@match("icmp6", options={"icmpv6-type": VI}, family="ipv6", why="type and code from the packet")
 def parse_icmp6(items: list[Option], ctx: ParseCtx) -> MatchSpec:
-    if ctx.family != "ipv6":
-        raise ctx.error("-m icmp6 is IPv6 only")
-    return _icmp("icmp6", items, ctx, "icmpv6", ICMPV6_TYPES)
+    require_proto(ctx, "icmp6", ("icmpv6",))
+    o = Opts(items, ctx, "icmp6")
+    opt = o.get("icmpv6-type")
+    if opt is None:
+        raise ctx.error('icmp6: option "--icmpv6-type" must be specified')
+    t, lo, hi = _icmp_type(ctx, "icmp6", opt.values[0], ICMPV6_NAMES)
+    shown = str(t) if (lo, hi) == (0, 0xFF) else f"{t}/{lo}"
+    return IcmpMatch("icmpv6", False, t, lo, hi, opt.negated, f"-m icmp6 {_bang(opt.negated)}--icmpv6-type {shown}")
+
+
+# ------------------------------------------------------------------ multiport
 
 
 class MultiportMatch(MatchSpec):
@@ -288,29 +392,136 @@ class MultiportMatch(MatchSpec):
         return f"{self.text} (ports {pkt.sport} > {pkt.dport})"
 
 
-@match("multiport")
+@match(
+    "multiport",
+    options={"sports": VI, "dports": VI, "ports": VI},
+    aliases={"source-ports": "sports", "destination-ports": "dports"},
+    why="ports from the packet",
+)
 def parse_multiport(items: list[Option], ctx: ParseCtx) -> MatchSpec:
-    proto = _require_proto(ctx, "multiport", ("tcp", "udp", "udplite", "sctp", "dccp"))
+    proto = require_proto(ctx, "multiport", ("tcp", "udp", "udplite", "sctp", "dccp"))
     o = Opts(items, ctx, "multiport")
-    found: list[tuple[str, Option]] = []
-    for which, names in (("s", ("sports", "source-ports")), ("d", ("dports", "destination-ports")), ("b", ("ports",))):
-        opt = o.get(*names)
-        if opt is not None:
-            found.append((which, opt))
-    o.done()
-    if len(found) != 1:
-        raise ctx.error("multiport needs exactly one of --sports, --dports, --ports")
-    which, opt = found[0]
+    opt_name = o.require_one("sports", "dports", "ports")
+    opt = o.get(opt_name)
+    assert opt is not None
     ranges = []
     count = 0
+    shown = []
     for part in opt.values[0].split(","):
         if not part:
             raise ctx.error("multiport: empty port in list")
-        lo, hi = parse_range(part, ctx, proto)
-        ranges.append((lo, hi))
-        count += 1 if lo == hi else 2
+        if ":" in part:
+            a, _, b = part.partition(":")
+            lo = port(ctx, "multiport", opt_name, a, proto) if a else 0
+            hi = port(ctx, "multiport", opt_name, b, proto) if b else 0xFFFF
+            if lo > hi:
+                raise ctx.error(f"multiport: invalid port range {part!r}")
+            ranges.append((lo, hi))
+            shown.append(f"{lo}:{hi}")
+            count += 2
+        else:
+            v = port(ctx, "multiport", opt_name, part, proto)
+            ranges.append((v, v))
+            shown.append(str(v))
+            count += 1
     if count > 15:
-        raise ctx.error("multiport: too many ports specified (at most 15, a range counts 2)")
-    flag = {"s": "--sports", "d": "--dports", "b": "--ports"}[which]
-    text = f"-m multiport {'! ' if opt.negated else ''}{flag} {opt.values[0]}"
+        raise ctx.error("multiport: too many ports specified (at most 15, a range counts as 2)")
+    which = {"sports": "s", "dports": "d", "ports": "b"}[opt_name]
+    text = f"-m multiport {_bang(opt.negated)}--{opt_name} {','.join(shown)}"
     return MultiportMatch(which, tuple(ranges), opt.negated, text)
+
+
+# ------------------------------------------------------------------ header fields nftrace does not model
+
+
+@match("tcpmss", options={"mss": VI}, exactness="unknown", why="the MSS option of TCP SYNs is not modelled")
+def parse_tcpmss(items: list[Option], ctx: ParseCtx) -> MatchSpec:
+    require_proto(ctx, "tcpmss", ("tcp",))
+    o = Opts(items, ctx, "tcpmss")
+    opt = o.get("mss")
+    if opt is None:
+        raise ctx.error('tcpmss: option "--mss" must be specified')
+    lo, hi = uint_range(ctx, "tcpmss", "mss", opt.values[0], 0xFFFF)
+    return UnknownOptions("tcpmss", f"-m tcpmss {_bang(opt.negated)}--mss {range_text(lo, hi)}", "the TCP MSS option")
+
+
+def _spi_match(name: str, opt_name: str, items: list[Option], ctx: ParseCtx, extra: list[str] | None = None) -> str:
+    o = Opts(items, ctx, name)
+    parts = [f"-m {name}"]
+    opt = o.get(opt_name)
+    if opt is not None:
+        lo, hi = uint_range(ctx, name, opt_name, opt.values[0])
+        if (lo, hi) != (0, 0xFFFFFFFF) or opt.negated:
+            parts.append(f"{_bang(opt.negated)}--{opt_name} {range_text(lo, hi)}")
+    parts.extend(extra or [])
+    return " ".join(parts)
+
+
+@match("esp", options={"espspi": VI}, exactness="unknown", why="the ESP SPI is not modelled")
+def parse_esp(items: list[Option], ctx: ParseCtx) -> MatchSpec:
+    require_proto(ctx, "esp", ("esp",))
+    return UnknownOptions("esp", _spi_match("esp", "espspi", items, ctx), "the ESP SPI")
+
+
+@match("ah", options={"ahspi": VI}, family="ipv4", exactness="unknown", why="the AH SPI is not modelled")
+def parse_ah4(items: list[Option], ctx: ParseCtx) -> MatchSpec:
+    require_proto(ctx, "ah", ("ah",))
+    return UnknownOptions("ah", _spi_match("ah", "ahspi", items, ctx), "the AH SPI")
+
+
+@match(
+    "ah",
+    options={"ahspi": VI, "ahlen": VI, "ahres": FI},
+    family="ipv6",
+    exactness="unknown",
+    why="the AH header is not modelled",
+)
+def parse_ah6(items: list[Option], ctx: ParseCtx) -> MatchSpec:
+    o = Opts(items, ctx, "ah")
+    extra = []
+    ln = o.get("ahlen")
+    if ln is not None:
+        extra.append(f"{_bang(ln.negated)}--ahlen {uint(ctx, 'ah', 'ahlen', ln.values[0])}")
+    if o.has("ahres"):
+        extra.append("--ahres")
+    return UnknownOptions("ah", _spi_match("ah", "ahspi", items, ctx, extra), "the AH header")
+
+
+@match("ipcomp", options={"ipcompspi": VI, "compres": F}, exactness="unknown", why="the IPComp CPI is not modelled")
+def parse_ipcomp(items: list[Option], ctx: ParseCtx) -> MatchSpec:
+    require_proto(ctx, "ipcomp", ("ipcomp",))
+    o = Opts(items, ctx, "ipcomp")
+    extra = ["--compres"] if o.has("compres") else []
+    return UnknownOptions("ipcomp", _spi_match("ipcomp", "ipcompspi", items, ctx, extra), "the IPComp CPI")
+
+
+_MH_TYPES = {
+    "binding-refresh-request": 0, "brr": 0, "home-test-init": 1, "hoti": 1, "careof-test-init": 2, "coti": 2,
+    "home-test": 3, "hot": 3, "careof-test": 4, "cot": 4, "binding-update": 5, "bu": 5,
+    "binding-acknowledgement": 6, "ba": 6, "binding-error": 7, "be": 7,
+}  # fmt: skip
+
+
+@match("mh", options={"mh-type": VI}, family="ipv6", exactness="unknown", why="the Mobility Header is not modelled")
+def parse_mh(items: list[Option], ctx: ParseCtx) -> MatchSpec:
+    require_proto(ctx, "mh", ("mh",))
+    o = Opts(items, ctx, "mh")
+    parts = ["-m mh"]
+    opt = o.get("mh-type")
+    if opt is not None:
+        a, colon, b = opt.values[0].partition(":")
+
+        def one(t: str, dflt: int) -> int:
+            if not t:
+                return dflt
+            if t in _MH_TYPES:
+                return _MH_TYPES[t]
+            return uint(ctx, "mh", "mh-type", t, 0, 255)
+
+        lo = one(a, 0)
+        hi = one(b, 0xFF) if colon else lo
+        if lo > hi:
+            raise ctx.error(f"mh: invalid type range {opt.values[0]!r}")
+        if (lo, hi) != (0, 0xFF) or opt.negated:
+            parts.append(f"{_bang(opt.negated)}--mh-type {range_text(lo, hi)}")
+    return UnknownOptions("mh", " ".join(parts), "the Mobility Header type")
