@@ -1476,7 +1476,28 @@ class KernelHost:
             if now >= deadline:
                 break
             if (seen or not expect) and now - last >= QUIET_S:
+                if family == "ipv4" and self.backend == "nft":
+                    text += self._drain_with_sentinel(start + consumed)
                 break
+        return text
+
+    def _drain_with_sentinel(self, offset: int) -> str:
+        """Send a marker packet and read until its trace line is written.
+
+        The kernel emits trace events in order and xtables-monitor writes them in order, so
+        once the marker's line is in the file, every event of the packet before it is too,
+        however slowly a loaded machine ran the monitor."""
+        sid = self._new_id()
+        with contextlib.suppress(OSError):  # the ruleset's OUTPUT may drop it: it is traced before that
+            self._send_local_raw(KPacket("local", "udp", "127.0.0.1", "127.0.0.1", 9, 9), sid)
+        pat = _ip_id_re(sid)
+        deadline = time.monotonic() + 3.0
+        text = ""
+        while time.monotonic() < deadline:
+            text = self._read_from(offset)
+            if pat.search(text):
+                break
+            time.sleep(0.01)
         return text
 
     def _nft_events(self, text: str, ip_id: int, family: str = "ipv4") -> tuple[list[KEvent], str]:
