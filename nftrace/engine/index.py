@@ -148,7 +148,7 @@ class ChainIndex:
             if kind == "dst":
                 by_mask.setdefault(key.mask, {}).setdefault(key.net, []).append(pos)
             elif kind == "port":
-                if True:
+                if key.lo == key.hi:
                     self.ports.setdefault((key.proto, key.lo), []).append(pos)
                 else:
                     ranges.setdefault((key.proto, key.lo, key.hi), []).append(pos)
@@ -241,4 +241,3 @@ class RulesetIndex:
                 if self.get(c) is not None:
                     n += 1
         return n
-

@@ -342,7 +342,9 @@ class _Args:
             for o in itertools.chain(d.options, d.aliases):
                 if o.startswith(name):
                     canon = d.aliases.get(o, o)
-                    cands.setdefault((id(inst), canon), (inst, canon))
+                    # the same extension loaded twice (-p tcp --syn -m tcp --dpor 0): the newest
+                    # instance takes the option, as iptables does
+                    cands.setdefault((d.name, canon), (inst, canon))
         if len(cands) > 1:
             names = sorted({v if isinstance(v, str) else v[1] for v in cands.values()})
             raise self.err(f"option {tok!r} is ambiguous (it abbreviates {', '.join('--' + x for x in names)})")

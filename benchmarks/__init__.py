@@ -1,0 +1,1 @@
+"""Benchmarks: a kube-proxy dump generator (gen_kube) and the scale benchmark (bench)."""
