@@ -100,9 +100,10 @@ def worker(d: Path, packets: int, linear_packets: int, catalog: bool, parse_only
     res: dict[str, Any] = {"import_s": time.perf_counter() - t0, "rss_start_mb": _rss_mb()}
     path = d / "iptables.rules"
     text = path.read_text()
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     rs = parse_rules(text, str(path))
     res["parse_s"] = time.perf_counter() - t
+    res["parse_cpu_s"] = time.process_time() - c
     from nftrace.ruleset import cache
 
     res["cache"] = cache.last_status
@@ -111,11 +112,12 @@ def worker(d: Path, packets: int, linear_packets: int, catalog: bool, parse_only
     host = build_host_context(
         routes_file=str(d / "routes.txt"), addrs_file=str(d / "addrs.txt"), sysctls=[str(d / "sysctl.txt")]
     )
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     engine = Engine(rs, host)
     assert engine.index is not None
     res["indexed_chains"] = engine.index.build_all(engine.ruleset)
     res["index_s"] = time.perf_counter() - t
+    res["index_cpu_s"] = time.process_time() - c
     if parse_only:
         return res
     pk = {k: v[:packets] for k, v in json.loads((d / "packets.json").read_text()).items()}
@@ -178,14 +180,22 @@ def run_worker(
 
 def timed_child(cmd: list[str], env: dict[str, str] | None = None, stdin: Any = None) -> tuple[float, float, int]:
     """(wall seconds, peak RSS MB, exit status) of one child process, stdout discarded."""
+    wall, _, rss, rc = timed_child_cpu(cmd, env, stdin)
+    return wall, rss, rc
+
+
+def timed_child_cpu(
+    cmd: list[str], env: dict[str, str] | None = None, stdin: Any = None
+) -> tuple[float, float, float, int]:
+    """(wall s, CPU s (user + system, the kernel's work for it included), peak RSS MB, exit status).
+
+    `ip netns exec NS CMD` execs CMD in the same process, so its usage is CMD's."""
     t = time.perf_counter()
-    p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=stdin)
+    p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=stdin)
     _, status, ru = os.wait4(p.pid, 0)
     wall = time.perf_counter() - t
     p.returncode = os.waitstatus_to_exitcode(status)
-    if p.stderr is not None:
-        p.stderr.close()
-    return wall, ru.ru_maxrss / 1024, p.returncode
+    return wall, ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024, p.returncode
 
 
 class Netns:
@@ -224,13 +234,15 @@ def iptables_reference(path: Path, runs: int) -> dict[str, Any]:
                 if shutil.which(tool) is None:
                     continue
                 timed_child(ns.cmd(tool, "--test", str(path)))  # warm-up: loads the kernel modules once
-                walls = []
+                walls, cpus = [], []
                 for _ in range(runs):
-                    wall, rss, rc = timed_child(ns.cmd(tool, "--test", str(path)))
+                    wall, cpu, rss, rc = timed_child_cpu(ns.cmd(tool, "--test", str(path)))
                     if rc != 0:
                         raise RuntimeError(f"{tool} --test {path} failed (exit {rc})")
                     walls.append(wall)
+                    cpus.append(cpu)
                 res[key + "_s"] = statistics.median(walls)
+                res[key + "_cpu_s"] = statistics.median(cpus)
                 res[key + "_rss_mb"] = rss
                 if key == "restore_test":
                     # iptables-nft: nothing at all may be left (nft list ruleset is empty)
@@ -306,6 +318,15 @@ def _f(v: Any, unit: str = "", nd: int = 2) -> str:
     return f"{v}{unit}"
 
 
+def _hit(s: dict[str, Any]) -> bool:
+    return bool(s.get("warm", {}).get("cache") == "hit")
+
+
+def _ratio(t: float, s: dict[str, Any], kind: str = "") -> str:
+    ref = s["ipt"].get(f"restore_test{kind}_s")
+    return f"{t / ref:.2f}" if ref else "-"
+
+
 def report(m: dict[str, Any], sizes: list[dict[str, Any]], st: dict[str, Any] | None) -> str:
     out = [
         f"machine: {m['nproc']} CPUs, {m['cpu']}, {m['ram']} RAM; Linux {m['kernel']}; Python {m['python']}; "
@@ -321,10 +342,19 @@ def report(m: dict[str, Any], sizes: list[dict[str, Any]], st: dict[str, Any] | 
 
     row("rules", lambda s: f"{s['w']['rules']:,}")
     row("parse (s)", lambda s: _f(s["w"]["parse_s"]))
-    row("parse from cache (s)", lambda s: _f(s["warm"]["parse_s"]) if s.get("warm", {}).get("cache") == "hit" else "-")
+    row("  its CPU time (s)", lambda s: _f(s["w"]["parse_cpu_s"]))
+    row("parse from cache (s)", lambda s: _f(s["warm"]["parse_s"]) if _hit(s) else "-")
     row("index, every long chain (s)", lambda s: _f(s["w"]["index_s"], nd=3))
     row("iptables-restore --test (s)", lambda s: _f(s["ipt"].get("restore_test_s")))
+    row("  its CPU time, kernel's included (s)", lambda s: _f(s["ipt"].get("restore_test_cpu_s")))
     row("iptables-legacy-restore --test (s)", lambda s: _f(s["ipt"].get("legacy_restore_test_s")))
+    row("(parse + index) / restore --test", lambda s: _ratio(s["w"]["parse_s"] + s["w"]["index_s"], s))
+    row("  in CPU time", lambda s: _ratio(s["w"]["parse_cpu_s"] + s["w"]["index_cpu_s"], s, "_cpu"))
+    row("  with the cache", lambda s: _ratio(s["warm"]["parse_s"] + s["w"]["index_s"], s) if _hit(s) else "-")
+    row(
+        "  with the cache, CPU time",
+        lambda s: _ratio(s["warm"]["parse_cpu_s"] + s["w"]["index_cpu_s"], s, "_cpu") if _hit(s) else "-",
+    )
     row("peak RSS, parse+index+traces (MB)", lambda s: _f(s["w"]["maxrss_engine_mb"], nd=0))
     for kind in ("clusterip", "nodeport", "miss"):
         row(f"{kind}: median / p99 (ms)", lambda s, k=kind: f"{s['w'][k]['median_ms']:.3f} / {s['w'][k]['p99_ms']:.3f}")
@@ -334,20 +364,27 @@ def report(m: dict[str, Any], sizes: list[dict[str, Any]], st: dict[str, Any] | 
     row("  its peak RSS (MB)", lambda s: _f(s.get("cli", {}).get("rss_mb"), nd=0))
     row("kube catalogue build (s)", lambda s: _f(s["w"].get("catalog_s")))
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    fmt = lambda r: "  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r))  # noqa: E731
+
+    def fmt(r: list[str]) -> str:
+        return "  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r))
+
     out.append(fmt(head))
     out.extend(fmt(r) for r in rows)
     out.append("")
     out.append("goals (issue 9):")
-    big = max(cols, key=lambda s: s["w"]["rules"])
+    # the goals are stated at 100,000 rules: the size nearest to that
+    big = min(cols, key=lambda s: abs(s["w"]["rules"] - 100_000))
     ipt = big["ipt"].get("restore_test_s")
     cold = big["w"]["parse_s"] + big["w"]["index_s"]
     if ipt:
+        ipt_cpu = big["ipt"]["restore_test_cpu_s"]
+        cold_cpu = big["w"]["parse_cpu_s"] + big["w"]["index_cpu_s"]
         out.append(f"  (parse + index) / iptables-restore --test at {big['w']['rules']:,} rules: "
-                   f"{cold / ipt:.2f} cold (goal <= 1.0)")  # fmt: skip
-        if "warm" in big:
+                   f"{cold / ipt:.2f} cold, {cold_cpu / ipt_cpu:.2f} in CPU time (goal <= 1.0)")  # fmt: skip
+        if _hit(big):
             warm = big["warm"]["parse_s"] + big["w"]["index_s"]
-            out.append(f"      from the parsed-ruleset cache: {warm / ipt:.2f}")
+            warm_cpu = big["warm"]["parse_cpu_s"] + big["w"]["index_cpu_s"]
+            out.append(f"      from the parsed-ruleset cache: {warm / ipt:.2f}, {warm_cpu / ipt_cpu:.2f} in CPU time")
     for kind in ("clusterip", "nodeport", "miss"):
         out.append(f"  one packet ({kind}) median at {big['w']['rules']:,} rules: {big['w'][kind]['median_ms']:.3f} ms"
                    " (goal <= 5 ms)")  # fmt: skip
@@ -381,6 +418,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=3, help="runs of iptables-restore --test (median)")
     ap.add_argument("--startup-runs", type=int, default=9)
     ap.add_argument("--no-cli-batch", action="store_true", help="skip `nftrace explain --batch` end to end")
+    ap.add_argument(
+        "--cli-batch-limit",
+        type=int,
+        default=10_000,
+        metavar="N",
+        help="run `explain --batch` end to end only up to N services (default 10000)",
+    )
     ap.add_argument("--no-cache", action="store_true", help="skip the parsed-ruleset cache measurement")
     ap.add_argument("--json", metavar="FILE", help="also write every figure as JSON")
     ap.add_argument("--keep", metavar="DIR", help="write the generated dumps here (default: a temporary directory)")
@@ -422,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
                     run_worker(d, a, cenv, catalog=False, parse_only=True)
                     r["warm"] = run_worker(d, a, cenv, catalog=False, parse_only=True)
                 print(f"N={n}: from cache ({r['warm']['cache']}) {r['warm']['parse_s']:.2f} s", file=sys.stderr)
-            if not a.no_cli_batch:
+            if not a.no_cli_batch and n <= a.cli_batch_limit:
                 cmd = [sys.executable, "-m", "nftrace", "explain", "--rules", str(d), "--batch", str(d / "batch.jsonl")]
                 wall, rss, rc = timed_child(cmd, env)
                 if rc != 0:

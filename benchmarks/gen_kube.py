@@ -309,7 +309,7 @@ def _render(sps: list[ServicePort], rng: random.Random) -> tuple[str, int]:
             count += len(user[c])
         out.extend(["COMMIT", FOOTER])
 
-    canaries = {"KUBE-IPTABLES-HINT": [], "KUBE-KUBELET-CANARY": [], "KUBE-PROXY-CANARY": []}
+    canaries: dict[str, list[str]] = {"KUBE-IPTABLES-HINT": [], "KUBE-KUBELET-CANARY": [], "KUBE-PROXY-CANARY": []}
     table("mangle", [(c, []) for c in ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")], canaries)
     ct_new = "-m conntrack --ctstate NEW -m comment --comment"
     table(

@@ -1168,6 +1168,15 @@ def check_rule_steps(
                 )
             if "mark" in step.get("set", {}):
                 s.mark = step["set"]["mark"]
+    # the packet the replay arrives at is the one the result reports
+    r = b["result"]
+    final = r.get("packet") or {}
+    got = (s.src, s.dst) + ((s.sport, s.dport) if s.ports_known else (final.get("sport"), final.get("dport")))
+    want = (final.get("src"), final.get("dst"), final.get("sport"), final.get("dport"))
+    if got != want:
+        raise FuzzFailure(f"replaying the steps gives the packet {got}, the result says {want}")
+    if r["disposition"] in ("forwarded", "output") and r.get("oif") != (s.pending_oif or s.oif):
+        raise FuzzFailure(f"replaying the steps gives output interface {s.oif}, the result says {r.get('oif')}")
 
 
 # ------------------------------------------------------------------------------- running

@@ -99,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
                 doc = engine.trace(pkt, origin).to_json()
                 _kube(doc, catalog, host)
             except NftraceError as e:
+                if e.file is None:  # the engine's errors (an unknown interface ...) name the batch line too
+                    e.file, e.line = args.batch, n
                 doc = {"schema": SCHEMA, "error": e.one_line().removeprefix("nftrace: "), "line": n}
             out.write(json.dumps(doc) + "\n")
         return 0

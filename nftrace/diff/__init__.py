@@ -106,7 +106,7 @@ def compare(
         limit = max_probes if max_probes is not None else DEFAULT_MAX_PROBES
         tracers = [_tracer(ea), _tracer(eb)]
         focus = _changed_rules(a, b, structural)
-        differ = host_b is not host_a
+        differ = not _same_host(host_a, host_b)
         generated, info = generate_probes(
             [a.ruleset, b.ruleset], host_a, [a.ipsets, b.ipsets], max_probes=limit, tracers=tracers, focus=focus,
             refine_all=differ,
@@ -119,7 +119,7 @@ def compare(
             seen = {json.dumps(p, sort_keys=True) for p in generated}
             generated += [p for p in more if json.dumps(p, sort_keys=True) not in seen]
             info["truncated"] = info["truncated"] or info_b["truncated"]
-        generated, dropped = _usable_on_both(generated, host_a, host_b)
+        generated, dropped = _usable_on_both(generated, host_a, host_b) if differ else (generated, 0)
         if dropped:
             warnings.append(f"{dropped} probes arrive on an interface only one host has: not compared")
         probes += generated
@@ -176,6 +176,17 @@ def _changed_rules(a: Side, b: Side, structural: dict[str, Any]) -> list[set[int
             if c is not None:
                 acc.update(id(r) for r in c.rules[-50:])
     return [fa, fb]
+
+
+def _same_host(a: Any, b: Any) -> bool:
+    """The same links, routes, ip rules and sysctls (where the context came from aside)."""
+    import dataclasses
+
+    if a is b:
+        return True
+    return bool(
+        dataclasses.replace(a, provenance=[], hostname=None) == dataclasses.replace(b, provenance=[], hostname=None)
+    )
 
 
 def _tracer(engine: Any) -> Callable[[dict[str, Any]], dict[str, Any] | None]:

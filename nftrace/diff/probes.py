@@ -3,10 +3,11 @@
 A single changed rule R (deleted, added, an address, a port or the target
 changed) can only change the fate of packets that reach R and match it in one
 version and not in the other.  So for every rule of either ruleset, and for up
-to two ways of reaching its chain from a built-in chain (the jump rules on the
-way), a *witness* packet is built that satisfies the conditions of the jump
-rules and of R; then *variants* of the witness move one field at a time to
-every boundary R states:
+to three ways of reaching its chain from a built-in chain (the jump rules on
+the way, at most two per hook, their conditions compatible with R's), a
+*witness* packet is built that satisfies the conditions of the jump rules and
+of R; then *variants* of the witness move one field at a time to every
+boundary R states:
 
 * each `-s`/`-d` prefix (and `--src-range`, ipset members, `--ctorig*`): an
   address inside, the first and last address of the network, and one just
@@ -22,12 +23,20 @@ every boundary R states:
   on an interface (INPUT ones for a local address), OUTPUT ones are sent by
   a local process, POSTROUTING gets both.
 
+The rules the two versions do not share (`focus`) are probed harder: the
+witness steps around earlier rules that would stop it; each variant also
+steps around the later rules, and is also caught by the nearest later rules
+(and the rules of the chain a jump enters) that decide otherwise; the witness
+is swept over conntrack states, input interfaces and protocols; and, given
+`tracers`, every such probe is traced and reworked around whatever else
+drops it (see _refine).
+
 A grid of plain packets (each origin and input interface, each protocol, to a
 local address, a far address and a neighbour behind every interface) covers
-chain policies.  Probes are deduplicated, bounded (`max_probes`; rule
-witnesses first, then variants taken round-robin over the rules, then the
-grid of mentioned ports) and returned sorted, so the same inputs always give
-the same probes.
+chain policies.  Probes are deduplicated, bounded (`max_probes`; the focus
+rules' probes first, then the other rules' witnesses, then their variants
+taken round-robin over the rules, then the grid of mentioned ports) and
+returned sorted, so the same inputs always give the same probes.
 """
 
 from __future__ import annotations
@@ -834,6 +843,8 @@ def _rule_probes(
         base = _defaults(hook, origin, ctx, iif)
         w = _solve(base, keep, hf)
         w["_dst_free"] = "dst" not in {c.field for c in keep}
+        if hook == "INPUT" and not w["_dst_free"]:
+            _local_destination(w, keep, hf)
         reach = _pass_by(w, before, conds, keep, origin, hf)
         witnesses: list[Cand] = [(w, keep)]
         if reach != w:
@@ -981,6 +992,26 @@ def _around(
         if len(out) >= 4:
             break
     return out
+
+
+def _local_destination(d: dict[str, Any], keep: list[Cons], hf: HostFacts) -> None:
+    """INPUT sees only packets for this host: when the destination the rule asks for is no local
+    address, take one that is delivered locally and still meets the rule (a local address, a
+    broadcast, the limited broadcast, or 0.0.0.0 from 0.0.0.0, which the kernel takes as one)."""
+    if d["dst"] in hf.local or d["dst"] in hf.broadcast:
+        return
+    dst_conds = [c for c in keep if c.field == "dst"]
+    cands = [*hf.local, *hf.broadcast]
+    if hf.family == "ipv4":
+        cands += [0xFFFFFFFF]
+        if all(c.holds(0) for c in keep if c.field == "src"):
+            cands.append(0)
+    for v in cands:
+        if all(c.holds(v) for c in dst_conds):
+            d["dst"] = v
+            if v == 0:
+                d["src"] = 0
+            return
 
 
 def _sweeps(cand: Cand, origin: str, ctx: _Ctx) -> list[Cand]:

@@ -295,7 +295,9 @@ def _addr(text: str, what: str, file: str | None) -> tuple[str, str]:
     try:
         a = ipaddress.ip_address(text)
     except ValueError:
-        raise InputError(f"{what}: {text!r} is not an IP address", file=file) from None
+        raise InputError(
+            f"{what}: {text!r} is not an IP address (give one such as 10.0.0.1 or 2001:db8::1)", file=file
+        ) from None
     return str(a), ("ipv4" if a.version == 4 else "ipv6")
 
 

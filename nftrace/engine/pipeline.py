@@ -163,9 +163,11 @@ class Engine:
                 (done if n.result is not None else work).append(n)
         # order: most probable first, unknown last, stable
         done.sort(key=lambda b: (b.unknown, -b.prob))
+        seen = set(warnings)  # a set: 256 branches x thousands of warnings must not be quadratic
         for b in done:
             for w in b.warnings:
-                if w not in warnings:
+                if w not in seen:
+                    seen.add(w)
                     warnings.append(w)
         if any(b.unknown for b in done):
             warnings.insert(
@@ -374,7 +376,9 @@ class Engine:
             else:
                 new_port = req.port_lo
                 if req.port_hi and req.port_hi != req.port_lo:
-                    b.warnings.append(f"{kind} to port range {req.port_lo}-{req.port_hi}: {req.port_lo} assumed")
+                    # outside the range: the kernel picks a port in it by hash/at random (seen:
+                    # MASQUERADE --to-ports 1024-65535 gave 15966 for source port 22), not the first
+                    random_port = True
         if new_addr is None:
             new_addr = cur_addr
         if manip == "dst":
@@ -391,8 +395,9 @@ class Engine:
             pkt.random_ports.add(which)
             after_step = {"kind": "nat", "type": kind, "hook": hook, "before": before, "after": after,
                           "random_port": which,
-                          "note": f"{'--random' if kind != 'MASQUERADE' else '--random/--random-fully'}: "
-                                  f"the kernel picks the {'source' if manip == 'src' else 'destination'} port at random"}  # fmt: skip
+                          "note": f"the kernel picks the {'source' if manip == 'src' else 'destination'} port "
+                                  f"({'--random' if req.random else 'outside the --to-ports range'}): "
+                                  "the port shown is not a prediction"}  # fmt: skip
             pkt.ct_status.add("DNAT" if manip == "dst" else "SNAT")
             b.steps.append(after_step)
         elif after != before:

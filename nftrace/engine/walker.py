@@ -147,11 +147,13 @@ def walk_table(
                         f"({m.text}) assumed not to match; other outcomes not explored"
                     )
                     b.unknown = True
-                    # an unknown branch carries its assumption in its conditions
-                    b.conditions.append(
-                        f"{table.name} {cname} rule {rule.index}: assumed NOT to match: {m.text}: "
-                        "branch limit reached, other outcomes not explored"
-                    )
+                    # an unknown branch carries its assumption in its conditions (once, not per rule)
+                    if not b.conditions or "branch limit reached" not in b.conditions[-1]:
+                        b.conditions.append(
+                            f"{table.name} {cname} rule {rule.index}: assumed NOT to match: {m.text}: branch "
+                            "limit reached; this and every later match that cannot be decided offline are "
+                            "assumed not to match, other outcomes not explored"
+                        )
                     matched = False
                     break
                 budget[0] -= 1

@@ -127,7 +127,13 @@ def store(d: Path, key: str, rs: Ruleset) -> bool:
         d.mkdir(mode=0o700, parents=True, exist_ok=True)
         if not _private(d):
             return False
-        payload = pickle.dumps(rs, protocol=pickle.HIGHEST_PROTOCOL)
+        enabled = gc.isenabled()
+        gc.disable()  # the pickler's memo holds a tuple per object: no garbage to look for
+        try:
+            payload = pickle.dumps(rs, protocol=pickle.HIGHEST_PROTOCOL)
+        finally:
+            if enabled:
+                gc.enable()
     except Exception:
         return False  # e.g. an extension object pickle cannot rebuild: no cache for this dump
     tmp = None

@@ -86,7 +86,8 @@ _STANDARD_CHAIN_CLASH = STANDARD_VERDICTS
 _SAFE_WORD = re.compile(r"^[^\s\"\\]+$")
 
 
-_TOKEN = re.compile(r'([^ \t\n"]*)"((?:[^"\\]|\\.)*)("?)|[^ \t\n"]+')
+# possessive: a quoted word of a million escapes must not keep backtracking state per character
+_TOKEN = re.compile(r'([^ \t\n"]*)"((?:[^"\\]++|\\.)*+)("?)|[^ \t\n"]+')
 _UNESCAPE = re.compile(r"\\(.)", re.S)
 _T_MSG = "the -t option cannot be used in iptables-restore input (the table is the '*table' line)"
 
@@ -1068,7 +1069,7 @@ _ADDR_OPTS = (
     r"-[sd]|--source|--destination|--src|--dst|--to-destination|--to-source|--to|--src-range|--dst-range|"
     r"--ctorigsrc|--ctorigdst|--ctreplsrc|--ctrepldst|--tunnel-src|--tunnel-dst|--on-ip|--gateway|--vaddr"
 )
-_QUOTED = re.compile(r'"(?:[^"\\\n]|\\.)*"')
+_QUOTED = re.compile(r'"[^"\\\n]*(?:\\.[^"\\\n]*)*"')  # unrolled: no backtracking state per character
 _ADDR_RE = re.compile(r"(?:^|[ \t])(?:!\s+)?(?:" + _ADDR_OPTS + r")[ \t=]+(?:!\s+)?\[?([0-9A-Fa-fx.:]+)")
 _V6_WORDS = re.compile(
     r"(?:^|[ \t])(?:-p\s+(?:icmpv6|ipv6-icmp|58)\b|-m\s+(?:icmp6|ipv6header|frag|rt|hbh|dst|mh|eui64|hl|srh)\b|"

@@ -43,7 +43,7 @@ def parse_comment(items: list[Option], ctx: ParseCtx) -> MatchSpec:
     c = o.value("comment")
     if c is None:
         raise ctx.error('comment: option "--comment" must be specified')
-    if len(c.encode()) > 255:
+    if len(c.encode("utf-8", "surrogateescape")) > 255:  # the file's own bytes
         raise ctx.error("comment: --comment is longer than 255 bytes")
     return Always(f"-m comment --comment {save_string(c)}")
 

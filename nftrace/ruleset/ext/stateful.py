@@ -369,7 +369,7 @@ def _hex_string(ctx: ParseCtx, text: str) -> bytes:
         if ch == "\\" and i + 1 < len(s):
             i += 1
             ch = s[i]
-        out.extend(ch.encode())
+        out.extend(ch.encode("utf-8", "surrogateescape"))
         i += 1
     if hexmode:
         raise ctx.error(f"string: invalid hex string {text!r} (unbalanced '|')")
@@ -392,7 +392,8 @@ def parse_string(items: list[Option], ctx: ParseCtx) -> MatchSpec:
         raise ctx.error("string: you must specify --algo (bm or kmp)")
     if algo not in ("bm", "kmp"):
         raise ctx.error(f"string: unknown --algo {algo!r} (the kernel has bm and kmp)")
-    pat = opt.values[0].encode() if which == "string" else _hex_string(ctx, opt.values[0])
+    raw = opt.values[0].encode("utf-8", "surrogateescape")  # the file's own bytes
+    pat = raw if which == "string" else _hex_string(ctx, opt.values[0])
     if not pat:
         raise ctx.error("string: empty pattern")
     if len(pat) > 128:

@@ -169,7 +169,7 @@ def parse_log(items: list[Option], ctx: ParseCtx) -> TargetSpec:
     level = o.value("log-level")
     parts = ["-j LOG"]
     if prefix is not None:
-        if len(prefix.encode()) > 29:
+        if len(prefix.encode("utf-8", "surrogateescape")) > 29:  # the file's own bytes
             raise ctx.error("LOG: --log-prefix is longer than 29 characters")
         if "\n" in prefix:
             raise ctx.error("LOG: newline in --log-prefix")
