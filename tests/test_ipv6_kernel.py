@@ -262,7 +262,9 @@ def run_differential(engine: Engine, kh: KernelHost, packets: list[KPacket]) -> 
         pkt, origin = engine_packet6(kp)
         trace = engine.trace(pkt, origin)
         # a packet the engine says no hook sees (ip6_rcv_core drops it) gives no trace line to wait for
-        unseen = all((b.result or {}).get("at", {}) and b.result["at"].get("stage") == "receive" for b in trace.branches)
+        unseen = all(
+            (b.result or {}).get("at", {}) and b.result["at"].get("stage") == "receive" for b in trace.branches
+        )
         res = kh.send(kp, timeout=0.6 if unseen else 2.0)
         v = compare(trace, res)
         if not v.ok and not observable and "predicted local delivery" in v.message and not res.events:
