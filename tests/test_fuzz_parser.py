@@ -156,3 +156,33 @@ def test_undecidable_matches_in_a_row_stay_bounded() -> None:
         with bounded(f"400 x {m}", 20):
             doc = fuzz_trace(engine, _PK, compare_plain=False)
         assert doc is not None and len(doc["branches"]) <= 257
+
+
+# ----------------------------------------------------------------------- found by fuzzing
+
+_R = "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT {}\nCOMMIT\n"
+FOUND = [
+    # a byte that is not UTF-8 (kept as a surrogate, as the CLI reads files): UnicodeEncodeError
+    _R.format('-m comment --comment "caf\udce9" -j ACCEPT'),
+    _R.format('-j LOG --log-prefix "\udc80"'),
+    _R.format('-m string --string "\udc80" --algo bm -j DROP'),
+    _R.format('-m string --hex-string "|41|\udc80" --algo bm -j DROP'),
+    # a NUL or an undecodable byte in a service name (getservbyname): ValueError (atheris)
+    _R.format("-p tcp --dport a\x00b -j ACCEPT"),
+    _R.format("-p udp --sport \udc80 -j ACCEPT"),
+    _R.format("-p tcp -m multiport --dports 22,\x00 -j ACCEPT"),
+    # ... and in a user or group name (getpwnam/getgrnam) (atheris)
+    _R.format("-m owner --uid-owner a\x00b").replace("INPUT", "OUTPUT"),
+    _R.format("-m owner --gid-owner \udc80").replace("INPUT", "OUTPUT"),
+    # iptables loads it: the newest instance of the same match takes an abbreviated option
+    _R.format("-p tcp --syn -m tcp ! --dpor 0 -j ACCEPT"),
+]
+
+
+@pytest.mark.parametrize("text", FOUND, ids=range(len(FOUND)))
+def test_inputs_fuzzing_found(text: str) -> None:
+    fuzz_parse(text, "<found>")
+
+
+def test_abbreviation_given_to_the_newest_instance_parses() -> None:
+    assert fuzz_parse(FOUND[-1], "<found>") is not None

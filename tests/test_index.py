@@ -365,3 +365,40 @@ def test_bundled_scenarios_with_every_chain_indexed() -> None:
             p1, o1 = packet_from_dict(fd)
             p2, o2 = packet_from_dict(fd)
             assert ix.trace(p1, o1).to_json() == lin.trace(p2, o2).to_json(), (d.name, flow)
+
+
+def test_ipv6_chain() -> None:
+    rules = [
+        "-A BIG -d 2001:db8::10/128 -p tcp -m tcp --dport 80 -j DROP",
+        "-A BIG -d 2001:db8::/64 -p udp -m udp --dport 53 -j DROP",
+        "-A BIG ! -d 2001:db8::10/128 -p tcp -m tcp --dport 443 -j DROP",
+        "-A BIG -d fd00::/8 -j DROP",
+        "-A BIG -p tcp -m tcp --dport 1000:2000 -j DROP",
+    ] + [f"-A BIG -d 2001:db8::{k:x}/128 -p tcp -m tcp --dport 8080 -j ACCEPT" for k in range(0x20, 0x40)]
+    text = "\n".join(
+        ["*filter", ":INPUT ACCEPT [0:0]", ":FORWARD ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]", ":BIG - [0:0]",
+         "-A FORWARD -j BIG", *rules, "COMMIT", ""]
+    )  # fmt: skip
+    rs = parse_rules(text, "v6.rules", "ipv6")
+    from nftrace.host.model import DEFAULT_IPV6_RULES, Link, Route
+    from nftrace.host.parse import derive_routes
+
+    links = [
+        Link(index=1, name="lo", kind="loopback", addresses=["::1/128"]),
+        Link(index=2, name="eth0", addresses=["2001:db8:1::1/64"], mac="02:00:00:00:00:01"),
+        Link(index=3, name="eth1", addresses=["2001:db8::1/64"], mac="02:00:00:00:00:02"),
+    ]
+    host = HostContext(links=links, routes=derive_routes(links), empty=False,
+                       sysctls={"net.ipv6.conf.all.forwarding": "1"})  # fmt: skip
+    host.rules = list(DEFAULT_IPV6_RULES)
+    host.routes.append(Route(dst="default", gateway="2001:db8:1::fe", oif="eth0", family="ipv6"))
+    big_steps = 0
+    for dst in ("2001:db8::10", "2001:db8::25", "2001:db8::99", "fd00::1", "2001:db9::1"):
+        for proto, dport in (("tcp", 80), ("tcp", 443), ("tcp", 8080), ("tcp", 1500), ("udp", 53), ("icmp", None)):
+            d: dict[str, Any] = {"proto": proto, "src": "2001:db8:1::5", "dst": dst, "iif": "eth0"}
+            if dport is not None:
+                d.update(sport=1000, dport=dport)
+            indexed = _trace(rs, host, d, RulesetIndex(min_rules=1))
+            assert indexed == _trace(rs, host, d, None), d
+            big_steps += sum(s.get("chain") == "BIG" for b in indexed["branches"] for s in b["steps"])
+    assert big_steps >= 10  # the packets were forwarded through the indexed chain

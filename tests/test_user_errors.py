@@ -205,3 +205,17 @@ def test_a_batch_mixing_families(tmp_path: Path) -> None:
         assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
         out = [json.loads(ln) for ln in r.stdout.splitlines()]
         assert "branches" in out[0] and "error" in out[1]
+
+
+def test_a_dump_with_bytes_that_are_not_utf8(tmp_path: Path) -> None:
+    """A latin-1 comment (iptables-save prints the bytes as they are): explained and diffed, not a
+    crash (the text of such a rule used to raise UnicodeEncodeError in the parser and in diff)."""
+    dump = tmp_path / "latin1.rules"
+    dump.write_bytes(
+        b"*nat\n:PREROUTING ACCEPT [0:0]\n:KUBE-SEP-ABCDEFGHIJKLMNOP - [0:0]\n-A PREROUTING -j KUBE-SEP-ABCDEFGHIJKLMNOP\n"
+        b'-A KUBE-SEP-ABCDEFGHIJKLMNOP -m comment --comment "caf\xe9" -j ACCEPT\nCOMMIT\n'
+    )
+    r = nftrace("explain", "--rules", str(dump), "--local-addr", "10.0.0.1", "tcp 10.0.0.5:1 > 10.0.0.1:80 iif eth0")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    r = nftrace("diff", str(dump), str(dump))
+    assert r.returncode == 0 and "internal error" not in r.stderr, r.stderr

@@ -133,7 +133,7 @@ def chain_identities(rs: Ruleset) -> dict[tuple[str, str], tuple[str, str]]:
             rules = rs.tables[tname].chains[name].rules
             own = sorted(HASHED_ANY.sub(sub, _strip_chain(r.text)) for r in rules)
             inc = sorted(HASHED_ANY.sub(sub, t) for t in callers[(tname, name)])
-            h = hashlib.sha256("\n".join(own + ["--"] + inc).encode()).hexdigest()[:20]
+            h = hashlib.sha256("\n".join(own + ["--"] + inc).encode("utf-8", "surrogateescape")).hexdigest()[:20]
             new[name] = f"{base[(tname, name)]}#{h}"
         if new == labels:
             break

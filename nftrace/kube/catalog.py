@@ -258,11 +258,28 @@ class Catalog:
     warnings: list[str] = field(default_factory=list)
     rule_names: dict[tuple[str, str, int], RuleName] = field(default_factory=dict)
 
-    def service(self, name: str) -> Service | None:
+    def _lookup(self) -> dict[str, dict[Any, list[Service]]]:
+        """Indexes of the services, built once (findings ask per packet; 10k services);
+        rebuilt if the list of services changed size."""
+        cached = self.__dict__.get("_index")
+        if cached is not None and self.__dict__.get("_index_n") == len(self.services):
+            return cached  # type: ignore[no-any-return]
+        idx: dict[str, dict[Any, list[Service]]] = {"name": {}, "cip": {}, "addr": {}, "np": {}, "ep": {}}
         for s in self.services:
-            if s.name == name:
-                return s
-        return None
+            idx["name"].setdefault(s.name, []).append(s)
+            idx["cip"].setdefault(s.cluster_ip, []).append(s)
+            for a in dict.fromkeys([s.cluster_ip, *s.external_ips, *s.lb_ips]):
+                idx["addr"].setdefault(a, []).append(s)
+            idx["np"].setdefault(s.node_port, []).append(s)
+            for addr in dict.fromkeys(e.address for e in s.endpoints):
+                idx["ep"].setdefault(addr, []).append(s)
+        self.__dict__["_index"] = idx
+        self.__dict__["_index_n"] = len(self.services)
+        return idx
+
+    def service(self, name: str) -> Service | None:
+        found = self._lookup()["name"].get(name)
+        return found[0] if found else None
 
     def find(self, text: str) -> list[Service]:
         """Services named `ns/name:port`, `ns/name` (every port) or `name:port`/`name` in any namespace."""
@@ -281,16 +298,16 @@ class Catalog:
         return out
 
     def by_cluster_ip(self, ip: str) -> list[Service]:
-        return [s for s in self.services if s.cluster_ip == ip]
+        return list(self._lookup()["cip"].get(ip, ()))
 
     def by_address(self, ip: str) -> list[Service]:
-        return [s for s in self.services if ip == s.cluster_ip or ip in s.external_ips or ip in s.lb_ips]
+        return list(self._lookup()["addr"].get(ip, ()))
 
     def by_node_port(self, port: int) -> list[Service]:
-        return [s for s in self.services if s.node_port == port]
+        return list(self._lookup()["np"].get(port, ()))
 
     def endpoint_owner(self, address: str) -> list[Service]:
-        return [s for s in self.services if any(e.address == address for e in s.endpoints)]
+        return list(self._lookup()["ep"].get(address, ()))
 
     def to_json(self) -> dict[str, Any]:
         return {

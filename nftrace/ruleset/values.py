@@ -102,7 +102,7 @@ def service_port(name: str, proto: str | None = None) -> int | None:
     for p in (proto, "tcp", "udp") if proto in ("tcp", "udp") else ("tcp", "udp"):
         try:
             return socket.getservbyname(name, p)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: a NUL or an undecodable byte in the name
             continue
     return _SERVICES.get(name)
 

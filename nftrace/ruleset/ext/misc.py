@@ -496,7 +496,7 @@ def _owner_id(ctx: ParseCtx, opt: str, text: str) -> tuple[int, int]:
         import pwd
 
         n = pwd.getpwnam(text).pw_uid if opt == "uid-owner" else grp.getgrnam(text).gr_gid
-    except (KeyError, ImportError):
+    except (KeyError, ImportError, ValueError):  # ValueError: a NUL or an undecodable byte in the name
         if text == "root":
             return 0, 0
         raise ctx.error(f"owner: --{opt}: unknown user/group {text!r} (on the machine running nftrace)") from None
