@@ -206,7 +206,12 @@ class Engine:
         if hook == "POSTROUTING" and b.pkt.pending_oif is not None:
             b.pkt.oif, b.pkt.pending_oif = b.pkt.pending_oif, None
         current = [b]
-        for table_name in HOOK_TABLES[hook]:
+        order = HOOK_TABLES[hook]
+        if hook == "INPUT" and self.backend == "nft":
+            # iptables-nft registers the security chains at priority 150 (legacy: 50), so on
+            # INPUT nat (100) runs before security there: seen in the kernel's trace.
+            order = ("mangle", "filter", "nat", "security")
+        for table_name in order:
             if table_name == "mangle" and hook == "OUTPUT":
                 current = [x for br in current for x in self._mangle_output(br, env, budget)]
                 continue
