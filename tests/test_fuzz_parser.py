@@ -174,6 +174,10 @@ FOUND = [
     # ... and in a user or group name (getpwnam/getgrnam) (atheris)
     _R.format("-m owner --uid-owner a\x00b").replace("INPUT", "OUTPUT"),
     _R.format("-m owner --gid-owner \udc80").replace("INPUT", "OUTPUT"),
+    # str.split() splits at \x0b and \x1c-\x1f, iptables-restore does not: the printed rule changed
+    # on re-reading (long run, round 23 of seed 2000)
+    _R.format('-m comment --comment "a b" -m nfacct --nfacct-name \x0bfoo -j ACCEPT'),
+    _R.format("-m comment --comment a\x1fb -j ACCEPT"),
     # iptables loads it: the newest instance of the same match takes an abbreviated option
     _R.format("-p tcp --syn -m tcp ! --dpor 0 -j ACCEPT"),
 ]
@@ -186,3 +190,8 @@ def test_inputs_fuzzing_found(text: str) -> None:
 
 def test_abbreviation_given_to_the_newest_instance_parses() -> None:
     assert fuzz_parse(FOUND[-1], "<found>") is not None
+
+
+def test_only_blanks_separate_words() -> None:
+    rs = fuzz_parse(_R.format("-m comment --comment a\x1fb -j ACCEPT"), "<found>")
+    assert rs is not None and "a\x1fb" in rs.tables["filter"].chains["INPUT"].rules[0].text

@@ -104,16 +104,20 @@ def tokenize(line: str, ctx_file: str = "<rules>", lineno: int = 0) -> tuple[lis
     return tokens, quoted
 
 
+# str.split() also splits at these; iptables-restore splits only at blanks and newlines
+_ODD_BLANK = re.compile(r"[\r\x0b\x0c\x1c-\x1f]")
+
+
 def _tokenize(line: str) -> tuple[list[str], frozenset[int], bool]:
     """tokenize(), plus whether a quote was left open."""
     if '"' not in line:
-        if "\r" in line or "\x0b" in line or "\x0c" in line or not line.isascii():
+        if not line.isascii() or _ODD_BLANK.search(line):
             return [w for w in re.split(r"[ \t\n]+", line) if w], frozenset(), False
         return line.split(), frozenset(), False
     tokens: list[str] = []
     quoted: set[int] = set()
     parts = line.split('"')
-    if len(parts) % 2 and "\\" not in line and line.isascii() and "\r" not in line:
+    if len(parts) % 2 and "\\" not in line and line.isascii() and not _ODD_BLANK.search(line):
         # balanced quotes, no escapes: split in C.  A word right before a quote joins the quoted
         # part; the closing quote ends the word.
         pending = ""
