@@ -8,7 +8,7 @@ registry (`nftrace.ruleset.registry`); the engine evaluates them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 if TYPE_CHECKING:
     from nftrace.engine.env import Env
@@ -44,9 +44,8 @@ class Chance:
 MatchOutcome = bool | Unknown | Chance
 
 
-@dataclass(frozen=True, slots=True)
-class Option:
-    """One option of a match/target section as written: `[!] --name value...`."""
+class Option(NamedTuple):
+    """One option of a match/target section as written: `[!] --name value...` (a tuple: hashed in C)."""
 
     name: str
     negated: bool

@@ -42,7 +42,9 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 from nftrace.errors import InputError
 from nftrace.ruleset import registry
@@ -108,16 +110,42 @@ def tokenize(line: str, ctx_file: str = "<rules>", lineno: int = 0) -> tuple[lis
 _ODD_BLANK = re.compile(r"[\r\x0b\x0c\x1c-\x1f]")
 
 
-def _tokenize(line: str) -> tuple[list[str], frozenset[int], bool]:
-    """tokenize(), plus whether a quote was left open."""
-    if '"' not in line:
-        if not line.isascii() or _ODD_BLANK.search(line):
-            return [w for w in re.split(r"[ \t\n]+", line) if w], frozenset(), False
-        return line.split(), frozenset(), False
+_NOT_QUOTED: frozenset[int] = frozenset()
+_QUOTED_AT: dict[int, frozenset[int]] = {}
+
+
+def _tokenize(line: str, plain: bool = False) -> tuple[list[str], frozenset[int], bool]:
+    """tokenize(), plus whether a quote was left open.
+
+    plain: the caller knows the line is ASCII without blanks other than space and tab (for
+    those, str.split splits exactly where iptables-restore does)."""
+    if not plain:
+        plain = line.isascii() and not _ODD_BLANK.search(line)
+    i = line.find('"')
+    if i < 0:
+        if not plain:
+            return [w for w in re.split(r"[ \t\n]+", line) if w], _NOT_QUOTED, False
+        return line.split(), _NOT_QUOTED, False
+    if plain:
+        j = line.find('"', i + 1)
+        if j > 0 and line.find('"', j + 1) < 0 and line.find("\\", i, j) < 0:
+            # one quoted part (a comment): a word right before the quote joins it, the closing
+            # quote ends the word
+            words = line[:i].split()
+            inner = line[i + 1 : j]
+            if i and line[i - 1] not in " \t" and words:
+                inner = words.pop() + inner
+            n = len(words)
+            words.append(inner)
+            words.extend(line[j + 1 :].split())
+            q = _QUOTED_AT.get(n)
+            if q is None:
+                q = _QUOTED_AT[n] = frozenset((n,))
+            return words, q, False
     tokens: list[str] = []
     quoted: set[int] = set()
     parts = line.split('"')
-    if len(parts) % 2 and "\\" not in line and line.isascii() and not _ODD_BLANK.search(line):
+    if len(parts) % 2 and plain and "\\" not in line:
         # balanced quotes, no escapes: split in C.  A word right before a quote joins the quoted
         # part; the closing quote ends the word.
         pending = ""
@@ -197,7 +225,7 @@ class _Args:
 
     __slots__ = ("toks", "quoted", "i", "ctx", "family", "chain_exists", "c", "proto_used")
 
-    def __init__(self, toks: list[str], quoted: frozenset[int], ctx: ParseCtx, chain_exists: set[str]) -> None:
+    def __init__(self, toks: list[str], quoted: frozenset[int], ctx: ParseCtx, chain_exists: Container[str]) -> None:
         self.toks = toks
         self.quoted = quoted
         self.i = 0
@@ -679,6 +707,205 @@ def _substitute_addr(text: str, c: _Cmd, s: str | None, d: str | None) -> str:
     return out
 
 
+# ------------------------------------------------------------------ command lines by shape
+#
+# A kube-proxy dump has 100,000 `-A` lines but a few dozen shapes: the lines differ only in
+# chain names, addresses, ports, comments and probabilities.  getopt's work (which word is an
+# option, which extension owns it, how many arguments it takes) depends only on the shape, so
+# it is done once per shape and replayed.
+#
+# The shape of a line is its words, with every word replaced by "" unless it starts with '-'
+# or '!' (has_arg, the -t check and option names only look at those) or is the name of an
+# extension, a protocol or a standard verdict (-m, -p and -j look those up); plus which words
+# are quoted.  Two lines of one shape go through getopt identically: the shape line is parsed
+# with placeholders for the replaced words, and a placeholder only ever becomes a value (an
+# option argument, the chain, the jump).  The values the placeholders stand for are checked
+# per line, by the same code as the full path (-s/-d, extension parsers, chain existence,
+# jump to a declared chain).  Whenever the shape path meets anything else (another command
+# than -A, a numeric -p, an address list, an error), the line takes the full path, which is
+# the reference: tests/test_parser_shapes.py checks both give the same model and errors.
+
+
+class _Section:
+    """An extension section of a shape: its options with placeholders, and specs by value."""
+
+    __slots__ = ("d", "opts", "key", "specs")
+
+    def __init__(self, d: ExtDef, opts: list[Option], slot_of: dict[str, int]) -> None:
+        self.d = d
+        # each option as written when it has no placeholder, else (name, negated, [token index or -1,
+        # literal value])
+        self.opts: list[Option | tuple[str, bool, list[tuple[int, str]]]] = []
+        slots: list[int] = []
+        for o in opts:
+            vals = [(slot_of.get(v, -1), v) for v in o.values]
+            if all(k < 0 for k, _ in vals):
+                self.opts.append(o)
+            else:
+                self.opts.append((o.name, o.negated, vals))
+                slots.extend(k for k, _ in vals if k >= 0)
+        # the values of the slots, as a tuple (or one string); specs are keyed by it
+        self.key: Callable[[list[str]], object] = itemgetter(*slots) if slots else _no_key
+        self.specs: dict[object, MatchSpec | TargetSpec] = {}
+
+    def build(self, toks: list[str], ctx: ParseCtx) -> MatchSpec | TargetSpec:
+        opts = [
+            o if isinstance(o, Option) else Option(o[0], o[1], tuple([toks[k] if k >= 0 else v for k, v in o[2]]))
+            for o in self.opts
+        ]
+        return _build(_Inst(self.d, opts), ctx)
+
+
+def _no_key(toks: list[str]) -> None:
+    return None
+
+
+class _Shape:
+    """How every line of one shape parses: getopt's result with the values as token indexes."""
+
+    __slots__ = (
+        "slot_of", "chain_slot", "used", "dropped", "basics", "matches", "target", "jump_slot", "jump",
+        "goto", "protocol", "proto_negated", "proto_num", "has_i", "has_o",
+    )  # fmt: skip
+
+    def __init__(self, c: _Cmd, slot_of: dict[str, int], ctx: ParseCtx) -> None:
+        self.slot_of = slot_of
+        assert c.chain is not None
+        self.chain_slot = slot_of[c.chain]
+        self.used = c.used
+        self.dropped = c.dropped
+        # (code, negated, slot, spec): spec when the value is a literal word, else the slot
+        self.basics: list[tuple[str, bool, int, MatchSpec | None]] = []
+        for code in c.order:
+            if code == "j":
+                continue
+            neg, val = c.basics[code]
+            slot = slot_of.get(val, -1)
+            self.basics.append((code, neg, slot, None if slot >= 0 else _basic(code, neg, val, ctx)))
+        self.matches = [_Section(i.d, i.opts, slot_of) for i in c.matches]
+        self.target = _Section(c.target.d, c.target.opts, slot_of) if c.target is not None else None
+        self.jump_slot = slot_of.get(c.jump, -1) if c.jump is not None else -1
+        self.jump = c.jump
+        self.goto = c.goto
+        self.protocol = ctx.protocol
+        self.proto_negated = ctx.proto_negated
+        self.proto_num = ctx.proto_num
+        self.has_i = "i" in c.basics
+        self.has_o = "o" in c.basics
+
+    def ctx(self, filename: str, lineno: int, table: str, chain: str, family: str) -> ParseCtx:
+        return ParseCtx(filename, lineno, table, chain, family, self.protocol, self.proto_negated, self.proto_num)
+
+
+class _WithPlaceholders:
+    """The declared chains, plus the placeholders that stand for a declared chain."""
+
+    __slots__ = ("declared", "extra")
+
+    def __init__(self, declared: set[str], extra: set[str]) -> None:
+        self.declared = declared
+        self.extra = extra
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.extra or name in self.declared
+
+
+_NO_SHAPE = object()  # lines of this shape take the full path
+_KEEP: frozenset[str] = frozenset()
+
+
+def _keep_words() -> frozenset[str]:
+    """The words kept literally in a shape: names -m, -p and -j look up."""
+    global _KEEP
+    if not _KEEP:
+        from nftrace.ruleset.ext.basic import PROTO_BY_NAME
+
+        registry.load_extensions()
+        names = {n for n, _ in registry.MATCHES} | {n for n, _ in registry.TARGETS}
+        _KEEP = frozenset(names | set(registry.MATCH_ALIASES) | set(PROTO_BY_NAME) | STANDARD_VERDICTS)
+    return _KEEP
+
+
+def _make_shape(st: _TableState, tokens: list[str], quoted: frozenset[int], ctx: ParseCtx) -> object:
+    """Parse a line's shape once (placeholders for its values); _NO_SHAPE when it must take the full path."""
+    keep = _KEEP
+    slot_of: dict[str, int] = {}
+    stoks: list[str] = []
+    extra: set[str] = set()
+    for k, t in enumerate(tokens):
+        if t[:1] in "-!" or t in keep:
+            stoks.append(t)
+            continue
+        ph = f"\x00{k}"
+        slot_of[ph] = k
+        stoks.append(ph)
+        if t in st.declared:
+            extra.add(ph)  # a jump to it is a jump to a declared chain
+    try:
+        c = _Args(stoks, quoted, ctx, _WithPlaceholders(st.declared, extra)).parse()
+        if c.skip or c.cmd != "A" or c.chain not in slot_of:
+            return _NO_SHAPE
+        if ctx.protocol is not None and ctx.protocol in slot_of:
+            return _NO_SHAPE  # -p 6: the protocol decides which match -p loads
+        return _Shape(c, slot_of, ctx)
+    except InputError:
+        return _NO_SHAPE
+
+
+def _shaped_rule(
+    shape: _Shape, st: _TableState, tokens: list[str], body: str, filename: str, lineno: int, family: str
+) -> Rule | None:
+    """The rule of an -A line of a known shape; None when the full path must decide (it raises)."""
+    cname = tokens[shape.chain_slot]
+    table = st.table
+    chain = table.chains.get(cname)
+    if chain is None:
+        return None
+    if shape.has_o and cname in ("PREROUTING", "INPUT") or shape.has_i and cname in ("POSTROUTING", "OUTPUT"):
+        return None
+    jump = shape.jump
+    if shape.jump_slot >= 0:
+        jump = tokens[shape.jump_slot]
+        if jump not in st.declared:
+            return None
+    ctx: ParseCtx | None = None  # made only for a value not parsed before
+    matches: list[MatchSpec] = []
+    try:
+        for code, neg, slot, spec in shape.basics:
+            if spec is None:
+                val = tokens[slot]
+                if "," in val and (code == "s" or code == "d"):
+                    return None
+                spec = _BASIC_CACHE.get((code, neg, val, family))
+                if spec is None:
+                    if ctx is None:
+                        ctx = shape.ctx(filename, lineno, table.name, cname, family)
+                    spec = _basic(code, neg, val, ctx)
+            matches.append(spec)
+        for sec in shape.matches:
+            key = sec.key(tokens)
+            m = sec.specs.get(key)
+            if m is None:
+                if ctx is None:
+                    ctx = shape.ctx(filename, lineno, table.name, cname, family)
+                m = sec.specs[key] = sec.build(tokens, ctx)
+            matches.append(m)  # type: ignore[arg-type]
+        tgt: TargetSpec | None = None
+        tsec = shape.target
+        if tsec is not None:
+            key = tsec.key(tokens)
+            t = tsec.specs.get(key)
+            if t is None:
+                if ctx is None:
+                    ctx = shape.ctx(filename, lineno, table.name, cname, family)
+                t = tsec.specs[key] = tsec.build(tokens, ctx)
+            tgt = t  # type: ignore[assignment]
+    except InputError:
+        return None
+    text = "-A " + cname + _rule_text_of(body, tokens, shape.used, shape.dropped)
+    return Rule(table.name, cname, text, lineno, matches, tgt, jump, shape.goto, 0, shape.protocol, shape.proto_negated)
+
+
 # ------------------------------------------------------------------ the file
 
 
@@ -686,6 +913,13 @@ def _substitute_addr(text: str, c: _Cmd, s: str | None, d: str | None) -> str:
 class _TableState:
     table: Table
     declared: set[str]  # chains that exist at this point (built-in and user)
+    #: shape of a command line -> _Shape or _NO_SHAPE (see _make_shape)
+    shapes: dict[tuple[tuple[str, ...], frozenset[int]], object] = field(default_factory=dict)
+
+    def chains_changed(self, name: str) -> None:
+        """A chain was declared or removed: shapes that name it literally may parse otherwise now."""
+        if name in _KEEP:
+            self.shapes.clear()
 
 
 def parse_rules(text: str, filename: str = "<rules>", family: str | None = None, *, strict: bool = True) -> Ruleset:
@@ -701,8 +935,12 @@ def parse_rules(text: str, filename: str = "<rules>", family: str | None = None,
     return cached_parse(_parse_rules, text, filename, family, strict)
 
 
-def _parse_rules(text: str, filename: str, family: str | None, *, strict: bool) -> Ruleset:
+def _parse_rules(text: str, filename: str, family: str | None, *, strict: bool, shapes: bool = True) -> Ruleset:
+    """parse_rules without the cache; shapes=False parses every line in full (the reference)."""
     registry.load_extensions()
+    keep = _keep_words()
+    shapes_on = shapes
+    plain_text = text.isascii() and not _ODD_BLANK.search(text)
     if family is None:
         family = guess_family(text)
     if family not in ("ipv4", "ipv6"):
@@ -725,6 +963,23 @@ def _parse_rules(text: str, filename: str, family: str | None, *, strict: bool) 
             if s2 != stripped:
                 tolerated.add("trailing blanks")
             line = s2
+        if st is not None and shapes_on and line[:3] == "-A ":
+            # the hot path: a rule line of a known shape (see _make_shape)
+            tokens, quoted, open_quote = _tokenize(line, plain_text)
+            if not open_quote:
+                key = (tuple([t if t[:1] in "-!" or t in keep else "" for t in tokens]), quoted)
+                shape = st.shapes.get(key)
+                if shape is None:
+                    ctx = ParseCtx(filename, lineno, st.table.name, "", family, None)
+                    shape = st.shapes[key] = _make_shape(st, tokens, quoted, ctx)
+                if isinstance(shape, _Shape):
+                    r = _shaped_rule(shape, st, tokens, line, filename, lineno, family)
+                    if r is not None:
+                        chain = st.table.chains[r.chain]
+                        if chain.policy is not None and chain.line == 0:
+                            chain.line = lineno  # a rule creates the base chain (iptables-nft)
+                        chain.rules.append(r)
+                        continue
         if not line or line[0] == "#":
             continue
         if st is not None and line == "COMMIT":
@@ -764,7 +1019,7 @@ def _parse_rules(text: str, filename: str, family: str | None, *, strict: bool) 
             if end < 0 or ":" not in body[1:end]:
                 raise InputError("bad counters prefix (expected '[packets:bytes] ')", filename, lineno)
             body = body[end + 1 :]
-        tokens, quoted, open_quote = _tokenize(body)
+        tokens, quoted, open_quote = _tokenize(body, plain_text)
         if open_quote:
             rs.warnings.append(
                 f"{filename}:{lineno}: unterminated quote: the rest of the line is one argument "
@@ -835,6 +1090,7 @@ def _declare_chain(st: _TableState, line: str, filename: str, lineno: int) -> No
         raise InputError(f"chain {cname} is declared twice in table {table.name}", filename, lineno)
     table.chains[cname] = Chain(name=cname, policy=None, line=lineno, counters=parts[2] if len(parts) > 2 else None)
     st.declared.add(cname)
+    st.chains_changed(cname)
 
 
 def _check_chain_name(cname: str, filename: str, lineno: int) -> None:
@@ -910,6 +1166,7 @@ def _run_command(
             raise InputError(f"-N {name}: chain already exists", filename, lineno)
         table.chains[name] = Chain(name=name, policy=None, line=lineno)
         st.declared.add(name)
+        st.chains_changed(name)
     elif cmd == "X":
         victims = [name] if name is not None else [n for n, ch in table.chains.items() if not ch.builtin]
         for v in victims:
@@ -930,6 +1187,7 @@ def _run_command(
         for v in victims:
             del table.chains[v]
             st.declared.discard(v)
+            st.chains_changed(v)
     elif cmd == "F":
         if name is None:
             for ch in table.chains.values():
@@ -969,6 +1227,8 @@ def _run_command(
         ch.name = new
         st.declared.discard(name)
         st.declared.add(new)
+        st.chains_changed(name)
+        st.chains_changed(new)
         for chn in table.chains.values():
             for r in chn.rules:
                 if r.chain == name:
@@ -980,11 +1240,24 @@ def _run_command(
                     r.text = r.text.replace(flag + name, flag + new)
 
 
+_USED_A = [0, 1]
+
+
 def _rule_text(body: str, tokens: list[str], c: _Cmd) -> str:
     """The rule as written, without the command, chain, rule number, -4/-6 and counters (leading space)."""
-    skip = set(c.used) | set(c.dropped)
-    k = len(c.used)
-    if not c.dropped and c.used == list(range(k)):
+    return _rule_text_of(body, tokens, c.used, c.dropped)
+
+
+def _rule_text_of(body: str, tokens: list[str], used: list[int], dropped: list[int]) -> str:
+    if used == _USED_A and not dropped and body.startswith("-A "):
+        # `-A CHAIN ...`, the way iptables-save writes every rule
+        t = tokens[1]
+        pos = body.find(t, 3)
+        rest = body[pos + len(t) :].strip()
+        return (" " + rest) if rest else ""
+    skip = set(used) | set(dropped)
+    k = len(used)
+    if not dropped and used == list(range(k)):
         # the usual case: the command is first; keep the original text (and its quoting)
         pos = 0
         for j in range(k):
@@ -1003,68 +1276,98 @@ _HOOKS = ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")
 
 def _finish_table(table: Table, filename: str) -> None:
     """What the kernel checks when the table is committed: loops, and hook restrictions."""
-    reach: dict[str, set[str]] = {}
-    for hook in BUILTIN_CHAINS[table.name]:
-        _walk(table, hook, reach, filename)
-    nohooks: set[str] = set()
+    builtins = BUILTIN_CHAINS[table.name]
+    # each chain's jumps: the first rule jumping to each other chain (later ones add nothing to a walk)
+    jumps: dict[str, dict[str, int]] = {}
+    for cname, chain in table.chains.items():
+        first: dict[str, int] = {}
+        for r in chain.rules:
+            j = r.jump
+            if j is not None and j not in first and j not in STANDARD_VERDICTS:
+                first[j] = r.line
+        jumps[cname] = first
+    reach = _reach(table, jumps, filename)
+    nohooks: frozenset[str] = frozenset()
     for cname, chain in table.chains.items():
         hooks = reach.get(cname, nohooks)
         for k, r in enumerate(chain.rules, 1):
             r.index = k
             r.chain = cname
-            if r.jump in BUILTIN_CHAINS[table.name]:
+            if r.jump in builtins:
                 raise InputError(f"-j {r.jump}: a rule cannot jump to a built-in chain", filename, r.line)
-            for spec in (*r.matches, r.target):
-                allowed = getattr(spec, "hooks", None) if spec is not None else None
-                if allowed is None or not hooks:
-                    continue
-                bad = sorted(hooks - allowed, key=_HOOKS.index)
-                if bad:
-                    what = spec.canonical().split(" --")[0] if spec is not None else ""
-                    via = (
-                        ""
-                        if cname in BUILTIN_CHAINS[table.name]
-                        else f" (chain {cname} is reached from {', '.join(bad)})"
-                    )
-                    raise InputError(
-                        f"{what} is only valid in {', '.join(h for h in _HOOKS if h in allowed)}, "
-                        f"not in {', '.join(bad)}{via}",
-                        filename,
-                        r.line,
-                    )
-
-
-def _walk(table: Table, hook: str, reach: dict[str, set[str]], filename: str) -> None:
-    """Mark every chain reachable from base chain `hook`; a chain met again on the current path is a loop."""
-    done: set[str] = set()
-    path: list[str] = [hook]
-    onpath: set[str] = {hook}
-    reach.setdefault(hook, set()).add(hook)
-    stack: list[tuple[str, int]] = [(hook, 0)]
-    while stack:
-        name, k = stack[-1]
-        rules = table.chains[name].rules
-        while k < len(rules):
-            j = rules[k].jump
-            k += 1
-            if j is None or j in STANDARD_VERDICTS or j in done:
+            if not hooks:
                 continue
-            if j not in table.chains:
-                raise InputError(f"rule jumps to chain '{j}', which does not exist", filename, rules[k - 1].line)
-            if j in onpath:
-                cycle = " -> ".join([*path[path.index(j) :], j])
-                raise InputError(f"jump loop in table {table.name}: {cycle}", filename, rules[k - 1].line)
-            stack[-1] = (name, k)
-            reach.setdefault(j, set()).add(hook)
-            path.append(j)
-            onpath.add(j)
-            stack.append((j, 0))
-            break
-        else:
-            stack.pop()
-            path.pop()
-            onpath.discard(name)
-            done.add(name)
+            for spec in r.matches:
+                if spec.hooks is not None:
+                    _check_hooks(table, cname, r, spec, hooks, filename)
+            tgt = r.target
+            if tgt is not None and tgt.hooks is not None:
+                _check_hooks(table, cname, r, tgt, hooks, filename)
+
+
+def _check_hooks(
+    table: Table, cname: str, r: Rule, spec: MatchSpec | TargetSpec, hooks: frozenset[str], filename: str
+) -> None:
+    allowed = spec.hooks
+    assert allowed is not None
+    bad = sorted(hooks - allowed, key=_HOOKS.index)
+    if not bad:
+        return
+    what = spec.canonical().split(" --")[0]
+    via = "" if cname in BUILTIN_CHAINS[table.name] else f" (chain {cname} is reached from {', '.join(bad)})"
+    raise InputError(
+        f"{what} is only valid in {', '.join(h for h in _HOOKS if h in allowed)}, not in {', '.join(bad)}{via}",
+        filename,
+        r.line,
+    )
+
+
+def _reach(table: Table, jumps: dict[str, dict[str, int]], filename: str) -> dict[str, frozenset[str]]:
+    """The base chains each chain is reachable from; a chain met again on the current path is a loop.
+
+    One depth-first walk from the base chains in order (a chain already finished holds no loop
+    and is not entered again, so the first loop found is the one a walk per base chain finds
+    first), then the hooks flow down the chains in topological order."""
+    done: set[str] = set()
+    post: list[str] = []  # finished chains, children first
+    for hook in BUILTIN_CHAINS[table.name]:
+        if hook in done:
+            continue
+        path: list[str] = [hook]
+        onpath: set[str] = {hook}
+        stack: list[tuple[str, list[tuple[str, int]], int]] = [(hook, list(jumps[hook].items()), 0)]
+        while stack:
+            name, edges, k = stack[-1]
+            while k < len(edges):
+                j, line = edges[k]
+                k += 1
+                if j in done:
+                    continue
+                if j not in table.chains:
+                    raise InputError(f"rule jumps to chain '{j}', which does not exist", filename, line)
+                if j in onpath:
+                    cycle = " -> ".join([*path[path.index(j) :], j])
+                    raise InputError(f"jump loop in table {table.name}: {cycle}", filename, line)
+                stack[-1] = (name, edges, k)
+                path.append(j)
+                onpath.add(j)
+                stack.append((j, list(jumps[j].items()), 0))
+                break
+            else:
+                stack.pop()
+                path.pop()
+                onpath.discard(name)
+                done.add(name)
+                post.append(name)
+    reach: dict[str, frozenset[str]] = {h: frozenset({h}) for h in BUILTIN_CHAINS[table.name] if h in done}
+    for name in reversed(post):
+        mine = reach.get(name)
+        if mine is None:
+            continue
+        for j in jumps[name]:
+            theirs = reach.get(j)
+            reach[j] = mine if theirs is None or theirs is mine else theirs | mine
+    return reach
 
 
 # ------------------------------------------------------------------ family guess

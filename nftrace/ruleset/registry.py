@@ -36,7 +36,8 @@ class ParseCtx:
     proto_negated: bool = False
     #: protocol number of -p (None when absent), for extensions that need `-p tcp` etc.
     proto_num: int | None = None
-    #: matches of the rule parsed so far (TCPMSS, SYNPROXY look at them)
+    #: matches of the rule parsed so far.  Parsed sections are shared between rules (cached by
+    #: extension, options, family, table and protocol), so a parser must not depend on this.
     matches: list[MatchSpec] = field(default_factory=list)
 
     def error(self, message: str) -> InputError:

@@ -15,6 +15,7 @@ refused here too, and `canonical_text` must print what iptables-save prints:
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from typing import TYPE_CHECKING
 
@@ -31,7 +32,9 @@ def c_strtoul(text: str, base: int = 0) -> int | None:
     A leading '-' is refused (strtoul would wrap it; xtables_strtoui refuses it too).
     """
     s = text
-    if not s or s[0] in "+-" or s != s.strip():
+    if base == 0 and len(s) < 20 and s.isdigit() and s.isascii() and (s[0] != "0" or len(s) == 1):
+        return int(s)  # the common case: plain decimal
+    if not s or not s.isascii() or s[0] in "+-" or s != s.strip():  # str.isdigit knows other scripts' digits
         return None
     try:
         if base == 0:
@@ -151,8 +154,18 @@ def _inet_aton(text: str) -> int | None:
     return (out << last_bits) | nums[-1]
 
 
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_DOTTED_QUAD = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}\Z")
+
+
 def parse_ipv4(text: str) -> int | None:
     """xtables_numeric_to_ipaddr then inet_aton (what getaddrinfo accepts without DNS)."""
+    if _DOTTED_QUAD.match(text):
+        return int.from_bytes(socket.inet_aton(text), "big")  # the common case: a.b.c.d, no leading zeros
+    return _parse_ipv4_general(text)
+
+
+def _parse_ipv4_general(text: str) -> int | None:
     parts = text.split(".")
     if 1 <= len(parts) <= 4 and all(parts):
         out = 0
@@ -239,7 +252,7 @@ def addr_text(a: int, family: str) -> str:
     """inet_ntop: IPv4 dotted quad; IPv6 compressed, with an embedded IPv4 address written dotted
     (::ffff:1.2.3.4 and ::1.2.3.4, as glibc prints them)."""
     if family == "ipv4":
-        return str(ipaddress.IPv4Address(a))
+        return socket.inet_ntoa(a.to_bytes(4, "big"))
     hi96 = a >> 32
     low = a & 0xFFFFFFFF
     if (hi96 == 0xFFFF or (hi96 == 0 and low > 0xFFFF)) and a >> 48 == 0:
@@ -258,20 +271,14 @@ def net_text(net: int, mask: int, family: str) -> str:
 # ------------------------------------------------------------------ strings
 
 
-_NO_QUOTE = frozenset("_-0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_BARE = re.compile(r"[_0-9a-zA-Z-]+\Z")
 
 
 def save_string(value: str) -> str:
     """xtables_save_string: bare when made only of [A-Za-z0-9_-], else quoted with \\ before " ' \\."""
-    if value and all(c in _NO_QUOTE for c in value):
+    if _BARE.match(value):
         return value
-    out = ['"']
-    for c in value:
-        if c in "\"'\\":
-            out.append("\\")
-        out.append(c)
-    out.append('"')
-    return "".join(out)
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("'", "\\'") + '"'
 
 
 def word(value: str) -> str:

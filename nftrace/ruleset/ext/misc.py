@@ -39,11 +39,11 @@ class Always(MatchSpec):
 
 @match("comment", options={"comment": V}, why="always matches")
 def parse_comment(items: list[Option], ctx: ParseCtx) -> MatchSpec:
-    o = Opts(items, ctx, "comment")
-    c = o.value("comment")
-    if c is None:
+    # the rule parser lets --comment (one value) through at most once, and no other option
+    if not items:
         raise ctx.error('comment: option "--comment" must be specified')
-    if len(c.encode("utf-8", "surrogateescape")) > 255:  # the file's own bytes
+    c = items[0].values[0]
+    if len(c) > 63 and len(c.encode("utf-8", "surrogateescape")) > 255:  # the file's own bytes
         raise ctx.error("comment: --comment is longer than 255 bytes")
     return Always(f"-m comment --comment {save_string(c)}")
 

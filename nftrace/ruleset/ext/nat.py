@@ -7,6 +7,7 @@ packet when the nat table's hook function finishes.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -144,12 +145,41 @@ def _parse_range(
     return lo, hi, plo, phi, base, shown
 
 
+_DNAT_HOOKS = frozenset({PRE, OUT})
+_SNAT_HOOKS = frozenset({POST, INP})
+
+
 def _flags(o: Opts, names: tuple[str, ...]) -> list[str]:
     return [f"--{n}" for n in names if o.has(n)]
 
 
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_V4_ADDR_PORT = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}:([1-9][0-9]{{0,4}}|0)\Z")
+
+
+def _quick_range(
+    text: str, ctx: ParseCtx
+) -> tuple[str | None, str | None, int | None, int | None, int | None, str] | None:
+    """_parse_range for `a.b.c.d:port` written as iptables-save prints it (None: ask _parse_range)."""
+    m = _V4_ADDR_PORT.match(text)
+    if m is None or ctx.family != "ipv4" or ctx.proto_num not in _PORT_PROTOS or ctx.proto_negated:
+        return None
+    port = int(m.group(1))
+    if port > 0xFFFF:
+        return None
+    addr = text[: m.start(1) - 1]
+    return addr, addr, port, port, None, text
+
+
 def _snat_dnat(kind: str, items: list[Option], ctx: ParseCtx) -> TargetSpec:
     opt = "to-destination" if kind == "DNAT" else "to-source"
+    if len(items) == 1 and items[0].name == opt:
+        # the common case, kube-proxy's endpoints: only --to-destination a.b.c.d:port
+        quick = _quick_range(items[0].values[0], ctx)
+        if quick is not None:
+            lo, hi, plo, phi, base, shown = quick
+            req = NatRequest(kind, lo, hi, plo, phi, None, False, False, base)
+            return NatTarget(kind, req, f"-j {kind} --{opt} {shown}", _DNAT_HOOKS if kind == "DNAT" else _SNAT_HOOKS)
     o = Opts(items, ctx, kind)
     to = o.value(opt)
     if to is None:
@@ -158,7 +188,7 @@ def _snat_dnat(kind: str, items: list[Option], ctx: ParseCtx) -> TargetSpec:
     flags = _flags(o, ("random", "random-fully", "persistent"))
     text = " ".join([f"-j {kind} --{opt} {shown}", *flags])
     rnd = o.has("random") or o.has("random-fully")
-    hooks = frozenset({PRE, OUT}) if kind == "DNAT" else frozenset({POST, INP})
+    hooks = _DNAT_HOOKS if kind == "DNAT" else _SNAT_HOOKS
     req = NatRequest(kind, lo, hi, plo, phi, None, rnd, o.has("persistent"), base)
     return NatTarget(kind, req, text, hooks)
 

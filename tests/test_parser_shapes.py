@@ -1,0 +1,172 @@
+"""The parser's shape path (getopt done once per line shape and replayed) against the full path.
+
+`_parse_rules(..., shapes=False)` parses every line in full: it is the reference that
+tests/test_corpus_parse.py and tests/test_extension_vectors.py check against iptables-restore
+itself.  The shape path must give the same model (every chain, rule, text, line, match and
+target) and the same error (message, file and line) on every input: real dumps, generated
+kube-proxy dumps, and dumps whose lines share a shape but differ in their values.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import strategies as st
+
+from nftrace.errors import NftraceError
+from nftrace.ruleset import parser
+from tests.test_fuzz_common import _JUNK, corpus_dumps, mutated_dump, run_fuzz, seed_dumps, token_soup, vocabulary
+
+
+def _spec(s: Any) -> Any:
+    if s is None:
+        return None
+    state = {k: getattr(s, k) for k in getattr(s, "__slots__", ()) if hasattr(s, k)}
+    state.update(getattr(s, "__dict__", {}))
+    return (type(s).__name__, s.text, s.canonical(), sorted((k, repr(v)) for k, v in state.items()))
+
+
+def signature(text: str, name: str, shapes: bool, strict: bool = True) -> Any:
+    """Everything the model says (or the error), for comparing the two paths."""
+    try:
+        rs = parser._parse_rules(text, name, None, strict=strict, shapes=shapes)
+    except NftraceError as e:
+        return ("error", str(e))
+    out: list[Any] = [rs.family, rs.warnings]
+    for tname, table in rs.tables.items():
+        out.append((tname, table.line))
+        for cname, ch in table.chains.items():
+            out.append((cname, ch.name, ch.policy, ch.line, ch.counters))
+            for r in ch.rules:
+                out.append(
+                    (
+                        r.table, r.chain, r.text, r.line, r.index, r.jump, r.goto, r.protocol, r.proto_negated,
+                        [_spec(m) for m in r.matches], _spec(r.target),
+                    )
+                )  # fmt: skip
+    return out
+
+
+def same(text: str, name: str = "<shapes>", strict: bool = True) -> Any:
+    full = signature(text, name, False, strict)
+    shaped = signature(text, name, True, strict)
+    assert shaped == full, f"{name}: the shape path differs from the full path"
+    return full
+
+
+def test_every_real_dump_parses_the_same() -> None:
+    dumps = seed_dumps(None) + corpus_dumps()
+    assert dumps
+    refused = sum(1 for name, text in dumps if same(text, name)[0] == "error")
+    assert refused < len(dumps)  # most real dumps load
+
+
+def test_generated_kube_dump_parses_the_same() -> None:
+    from benchmarks.gen_kube import generate
+
+    text = generate(300, 3, seed=7).text
+    sig = same(text, "kube300")
+    assert sig[0] != "error"
+
+
+# Lines that take the shape path once their shape is known, then meet something only the full
+# path can decide (or that changes what the shape means).
+_CASES = {
+    "numeric protocol": "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -p 6 --dport 22 -j ACCEPT\n"
+    "-A INPUT -p 17 --dport 53 -j ACCEPT\nCOMMIT\n",
+    "address list after a single address": "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -s 10.0.0.1 -j ACCEPT\n"
+    "-A INPUT -s 10.0.0.2,10.0.0.3 -j ACCEPT\nCOMMIT\n",
+    "-o in PREROUTING after FORWARD": "*mangle\n:PREROUTING ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n"
+    "-A FORWARD -o eth0 -j ACCEPT\n-A PREROUTING -o eth0 -j ACCEPT\nCOMMIT\n",
+    "jump to an undeclared chain": "*filter\n:INPUT ACCEPT [0:0]\n:A - [0:0]\n-A INPUT -j A\n-A INPUT -j B\nCOMMIT\n",
+    "rule in an undeclared chain": "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -s 1.2.3.4 -j DROP\n"
+    "-A NOPE -s 1.2.3.4 -j DROP\nCOMMIT\n",
+    "chain named like a target, declared between": "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -j LOG\n"
+    "-N LOG\n-A INPUT -j LOG\nCOMMIT\n",
+    "chain removed between": "*filter\n:INPUT ACCEPT [0:0]\n:A - [0:0]\n:B - [0:0]\n-A INPUT -j A\n-X B\n"
+    "-A INPUT -j B\nCOMMIT\n",
+    "chain renamed between": "*filter\n:INPUT ACCEPT [0:0]\n:A - [0:0]\n:B - [0:0]\n-A INPUT -j A\n-E B C\n"
+    "-A INPUT -j B\nCOMMIT\n",
+    "bad value in a known shape": "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -d 10.0.0.1/32 -p tcp -m tcp --dport 22 -j ACCEPT\n"
+    "-A INPUT -d 10.0.0.999/32 -p tcp -m tcp --dport 22 -j ACCEPT\nCOMMIT\n",
+    "bad port in a known shape": "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -p tcp -m tcp --dport 22 -j ACCEPT\n"
+    "-A INPUT -p tcp -m tcp --dport 99999 -j ACCEPT\nCOMMIT\n",
+    "rule number after -I": "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -j ACCEPT\n-I INPUT 1 -j DROP\nCOMMIT\n",
+    "other family line": "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -6 -j ACCEPT\n-A INPUT -4 -j DROP\nCOMMIT\n",
+    "quoted option word": '*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -m comment --comment "-t" -j ACCEPT\n'
+    "-A INPUT -m comment --comment -t -j ACCEPT\nCOMMIT\n",
+    "comment too long in a known shape": "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -m comment --comment a -j ACCEPT\n"
+    f"-A INPUT -m comment --comment {'b' * 300} -j ACCEPT\nCOMMIT\n",
+    "target of another table in a known shape": "*nat\n:PREROUTING ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n"
+    "-A PREROUTING -p tcp -j DNAT --to-destination 1.2.3.4:80\n"
+    "-A POSTROUTING -p tcp -j DNAT --to-destination 1.2.3.4:80\nCOMMIT\n",
+    "counters prefix": "*filter\n:INPUT ACCEPT [0:0]\n[1:2] -A INPUT -s 1.2.3.4 -j ACCEPT\n"
+    "[3:4] -A INPUT -s 1.2.3.5 -j ACCEPT\nCOMMIT\n",
+    "upper-case protocol": "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -p TCP --dport 22 -j ACCEPT\n"
+    "-A INPUT -p TCP --dport 23 -j ACCEPT\nCOMMIT\n",
+    "ipv6 in an ipv4 shape": "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -s 10.0.0.1 -j ACCEPT\n-A INPUT -s ::1 -j ACCEPT\n"
+    "COMMIT\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(_CASES))
+def test_lines_of_one_shape_that_need_the_full_path(name: str) -> None:
+    same(_CASES[name], name)
+
+
+def test_shapes_are_shared() -> None:
+    """The point of the shape path: a kube dump of 300 services has a few dozen shapes."""
+    from benchmarks.gen_kube import generate
+
+    text = generate(300, 3, seed=7).text
+    seen: list[int] = []
+    real = parser._make_shape
+
+    def counting(*a: Any) -> object:
+        seen.append(1)
+        return real(*a)
+
+    parser._make_shape = counting  # type: ignore[assignment]
+    try:
+        rs = parser._parse_rules(text, "kube300", None, strict=True)
+    finally:
+        parser._make_shape = real  # type: ignore[assignment]
+    assert rs.rule_count() > 3000
+    assert 0 < len(seen) < 100
+
+
+@st.composite
+def shape_twins(draw: st.DrawFn) -> tuple[str, str]:
+    """A real dump where some rule lines are followed by copies with other words as values."""
+    name, text = draw(st.sampled_from(seed_dumps()))
+    lines = text.split("\n")
+    rule_idx = [i for i, ln in enumerate(lines) if ln.startswith("-A ")]
+    if not rule_idx:
+        return name, text
+    for _ in range(draw(st.integers(1, 4))):
+        i = draw(st.sampled_from(rule_idx))
+        toks = lines[i].split(" ")
+        for _ in range(draw(st.integers(1, 3))):
+            j = draw(st.integers(1, len(toks) - 1)) if len(toks) > 1 else 0
+            if toks[j][:1] not in ("-", "!"):
+                toks[j] = draw(st.one_of(st.sampled_from(vocabulary()), _JUNK))
+        lines.insert(i + 1, " ".join(toks))
+    return name, "\n".join(lines)
+
+
+def test_shape_twins() -> None:
+    assert run_fuzz(shape_twins(), lambda x: same(x[1], x[0]), 600) >= 600
+
+
+def test_mutated_dumps() -> None:
+    def check(x: tuple[str, str]) -> None:
+        name, text = x
+        same(text, name)
+        same(text, name, strict=False)
+
+    assert run_fuzz(mutated_dump(seed_dumps()), check, 600) >= 600
+
+
+def test_token_soups() -> None:
+    assert run_fuzz(token_soup(), lambda t: same(t, "<soup>"), 600) >= 600

@@ -1,0 +1,116 @@
+"""The parser's quick paths for common values give what the general code gives.
+
+Each quick path (plain decimal numbers, canonical dotted quads, bare strings, `a.b.c.d:port`
+NAT ranges) short-cuts a general routine whose semantics the extension vectors and the
+corpus tests check against iptables itself; here hypothesis checks that the short cut and the
+general routine agree on random and adversarial text."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nftrace.errors import NftraceError
+from nftrace.ruleset import values
+from nftrace.ruleset.ext import nat
+from nftrace.ruleset.registry import ParseCtx
+
+_DIGITS = st.text("0123456789", min_size=0, max_size=22)
+_NUMBERISH = st.one_of(
+    _DIGITS,
+    st.text("0123456789xX+- \t", max_size=8),
+    st.text("\u0660\u0661\u00b2\uff11123", max_size=4),  # unicode digits: not numbers for C
+    st.integers(0, 2**64).map(str),
+)
+
+
+def _strtoul_reference(s: str) -> int | None:
+    """C strtoul(base 0) over the whole string, written out independently."""
+    if not s or not s.isascii() or s[0] in "+-" or s != s.strip():
+        return None
+    if s[:2] in ("0x", "0X"):
+        body = s[2:]
+        return int(body, 16) if body and all(c in "0123456789abcdefABCDEF" for c in body) else None
+    if len(s) > 1 and s[0] == "0":
+        return int(s[1:], 8) if all(c in "01234567" for c in s[1:]) else None
+    return int(s) if all(c in "0123456789" for c in s) else None
+
+
+@settings(max_examples=3000, deadline=None)
+@given(_NUMBERISH)
+def test_strtoul(s: str) -> None:
+    assert values.c_strtoul(s) == _strtoul_reference(s)
+
+
+_OCT = st.one_of(st.integers(0, 300).map(str), st.sampled_from(["00", "01", "010", "0x1", "255", "256", "", "1e1"]))
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(_OCT, min_size=1, max_size=5))
+def test_ipv4(parts: list[str]) -> None:
+    text = ".".join(parts)
+    assert values.parse_ipv4(text) == values._parse_ipv4_general(text)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.integers(0, 2**32 - 1))
+def test_ipv4_text(a: int) -> None:
+    assert values.addr_text(a, "ipv4") == str(ipaddress.IPv4Address(a))
+    text = str(ipaddress.IPv4Address(a))
+    assert values.parse_ipv4(text) == a
+    assert int.from_bytes(socket.inet_aton(text), "big") == a
+
+
+def _save_string_reference(value: str) -> str:
+    ok = set("_-0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+    if value and all(c in ok for c in value):
+        return value
+    return '"' + "".join(("\\" + c) if c in "\"'\\" else c for c in value) + '"'
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.one_of(st.text(max_size=30), st.text("ab_-\"'\\ \n", max_size=10)))
+def test_save_string(s: str) -> None:
+    assert values.save_string(s) == _save_string_reference(s)
+
+
+def _ctx(proto: str | None, num: int | None, neg: bool = False, family: str = "ipv4") -> ParseCtx:
+    return ParseCtx("<t>", 1, "nat", "PREROUTING", family, proto, neg, num)
+
+
+_RANGE = st.one_of(
+    st.builds(lambda a, p: f"{a}:{p}", st.sampled_from(["10.0.0.1", "1.2.3.4", "255.255.255.255", "0.0.0.0"]), _DIGITS),
+    st.builds(lambda q, p: f"{q}:{p}", st.lists(_OCT, min_size=1, max_size=5).map(".".join), _OCT),
+    st.text("0123456789.:-/[]", max_size=20),
+)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    _RANGE,
+    st.sampled_from([("tcp", 6), ("udp", 17), ("icmp", 1), (None, None), ("sctp", 132)]),
+    st.booleans(),
+    st.sampled_from(["ipv4", "ipv6"]),
+)
+def test_nat_range(text: str, proto: tuple[str | None, int | None], neg: bool, family: str) -> None:
+    ctx = _ctx(proto[0], proto[1], neg, family)
+    quick = nat._quick_range(text, ctx)
+    if quick is None:
+        return
+    assert quick == nat._parse_range(text, ctx, "DNAT")
+
+
+def test_nat_range_quick_path_is_taken() -> None:
+    ctx = _ctx("tcp", 6)
+    assert nat._quick_range("10.244.1.5:8080", ctx) == nat._parse_range("10.244.1.5:8080", ctx, "DNAT")
+    assert nat._quick_range("10.244.1.5:8080", _ctx("icmp", 1)) is None
+    try:
+        nat._parse_range("10.244.1.5:8080", _ctx("icmp", 1), "DNAT")
+    except NftraceError as e:
+        assert "port needs" in str(e)
+    else:
+        raise AssertionError("a port without -p tcp/udp must be refused")
+    assert nat._quick_range("10.244.1.5:65536", ctx) is None
