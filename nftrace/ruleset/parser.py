@@ -519,6 +519,9 @@ class _Args:
         if len(name) > _CHAIN_MAX or " " in name or "\t" in name:
             raise self.err(f"{spelled}: invalid target name {name!r} ({_CHAIN_MAX} characters max)")
         if code == "g":
+            if name == "DROP" and self.ctx.table == "nat":
+                c.jump, c.goto = name, True  # refused once the line is parsed (_run_command)
+                return
             if name not in self.chain_exists:
                 raise self.err(f"-g {name}: goto needs a user chain declared before this line (no chain {name!r})")
             c.jump, c.goto = name, True
@@ -843,7 +846,7 @@ def _make_shape(st: _TableState, tokens: list[str], quoted: frozenset[int], ctx:
             extra.add(ph)  # a jump to it is a jump to a declared chain
     try:
         c = _Args(stoks, quoted, ctx, _WithPlaceholders(st.declared, extra)).parse()
-        if c.skip or c.cmd != "A" or c.chain not in slot_of:
+        if c.skip or c.cmd != "A" or c.chain not in slot_of or c.jump == "DROP" and ctx.table == "nat":
             return _NO_SHAPE
         if ctx.protocol is not None and ctx.protocol in slot_of:
             return _NO_SHAPE  # -p 6: the protocol decides which match -p loads
@@ -1102,11 +1105,16 @@ def _check_chain_name(cname: str, filename: str, lineno: int) -> None:
         raise InputError(f"chain name {cname!r} clashes with the standard target of that name", filename, lineno)
 
 
+_NAT_DROP = 'the "nat" table is not intended for filtering: iptables refuses DROP there (a DROP policy is loaded)'
+
+
 def _run_command(
     rs: Ruleset, st: _TableState, c: _Cmd, ctx: ParseCtx, body: str, tokens: list[str], filename: str, lineno: int
 ) -> None:
     table = st.table
     cmd = c.cmd
+    if table.name == "nat" and (c.jump == "DROP" or cmd == "P" and c.arg2 == "DROP"):
+        raise InputError(_NAT_DROP, filename, lineno)
     has_rule_opts = bool(c.basics or c.matches or c.target is not None)
     if cmd not in _RULE_CMDS and has_rule_opts:
         raise InputError(f"rule options are not allowed with -{cmd} (--{_CMD_NAMES[cmd]})", filename, lineno)

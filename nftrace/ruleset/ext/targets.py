@@ -112,6 +112,7 @@ def parse_reject(items: list[Option], ctx: ParseCtx) -> TargetSpec:
         "DROP",
         f"-j REJECT --reject-with {kind}",
         note=f"REJECT answers with {kind}",
+        tables=("filter",),  # the kernel's REJECT targets are registered for the filter table only
         hooks=frozenset({INP, FWD, OUT}),
     )
 
