@@ -27,13 +27,20 @@ from nftrace.ruleset.model import BUILTIN_CHAINS, Chain, Ruleset, Table
 
 SCHEMA = "nftrace.trace/1"
 
-# (table, is_nat) in priority order per hook (include/uapi/linux/netfilter_ipv4.h)
-HOOK_TABLES: dict[str, tuple[str, ...]] = {
+# backend -> hook -> tables in priority order.  x_tables (legacy) registers them at the priorities of
+# include/uapi/linux/netfilter_ipv4.h: raw -300, mangle -150, nat dst -100, filter 0, security 50,
+# nat src 100.  iptables-nft registers the security base chains at priority 150, so on INPUT its nat
+# (100) runs before security: seen in the kernel's trace.
+_LEGACY_ORDER: dict[str, tuple[str, ...]] = {
     "PREROUTING": ("raw", "mangle", "nat"),
     "INPUT": ("mangle", "filter", "security", "nat"),
     "FORWARD": ("mangle", "filter", "security"),
     "OUTPUT": ("raw", "mangle", "nat", "filter", "security"),
     "POSTROUTING": ("mangle", "nat"),
+}
+HOOK_TABLES: dict[str, dict[str, tuple[str, ...]]] = {
+    "legacy": _LEGACY_ORDER,
+    "nft": {**_LEGACY_ORDER, "INPUT": ("mangle", "filter", "nat", "security")},
 }
 NAT_MANIP = {"PREROUTING": "dst", "OUTPUT": "dst", "INPUT": "src", "POSTROUTING": "src"}
 
@@ -87,9 +94,10 @@ class Engine:
         #: indexes of the long chains, built on first use (None: walk every chain linearly)
         self.index: RulesetIndex | None = RulesetIndex(host_known=not host.empty)
         # Connection tracking runs in a network namespace only once a rule needs it
-        # (a NAT target, -m conntrack/state/connmark, CT, CONNMARK ...).  Without it
-        # there is no connection: nat chains are never traversed.
+        # (a NAT target, -m conntrack/state/connmark, CT without --notrack, CONNMARK ...).
+        # Without it there is no connection: nat chains are never traversed.
         self.conntrack_active = ruleset_needs_conntrack(ruleset)
+        self.hook_tables = HOOK_TABLES["nft" if backend == "nft" else "legacy"]
         if backend == "legacy":
             # x_tables loads a table with all its built-in chains (policy ACCEPT); iptables-nft
             # creates only the base chains a dump declares or uses.
@@ -183,7 +191,7 @@ class Engine:
         if st == "pre":
             return self._hook(b, env, budget, "PREROUTING", "route_in")
         if st == "route_in":
-            return [self._route_in(b)]
+            return self._route_in(b, budget)
         if st == "input":
             return self._hook(b, env, budget, "INPUT", "deliver")
         if st == "forward":
@@ -206,12 +214,7 @@ class Engine:
         if hook == "POSTROUTING" and b.pkt.pending_oif is not None:
             b.pkt.oif, b.pkt.pending_oif = b.pkt.pending_oif, None
         current = [b]
-        order = HOOK_TABLES[hook]
-        if hook == "INPUT" and self.backend == "nft":
-            # iptables-nft registers the security chains at priority 150 (legacy: 50), so on
-            # INPUT nat (100) runs before security there: seen in the kernel's trace.
-            order = ("mangle", "filter", "nat", "security")
-        for table_name in order:
+        for table_name in self.hook_tables[hook]:
             if table_name == "mangle" and hook == "OUTPUT":
                 current = [x for br in current for x in self._mangle_output(br, env, budget)]
                 continue
@@ -350,7 +353,7 @@ class Engine:
             else:
                 new_addr = self._primary_addr(pkt.iif, pkt.family)
                 if new_addr is None:
-                    b.result = self._result(b, "DROP", "dropped", {"hook": hook, "table": "nat", "nat": "REDIRECT"})
+                    b.result = self._result(b, "DROP", "dropped", self._nat_dropped(b, hook, "REDIRECT"))
                     b.warnings.append(
                         f"REDIRECT: input interface {pkt.iif} has no address: the kernel drops the packet"
                     )
@@ -364,7 +367,7 @@ class Engine:
                         break
             new_addr = self.fib.select_source(pkt.oif, toward)
             if new_addr is None:
-                b.result = self._result(b, "DROP", "dropped", {"hook": hook, "table": "nat", "nat": "MASQUERADE"})
+                b.result = self._result(b, "DROP", "dropped", self._nat_dropped(b, hook, "MASQUERADE"))
                 b.warnings.append(f"MASQUERADE: output interface {pkt.oif} has no usable address: dropped")
                 return
         else:
@@ -412,6 +415,18 @@ class Engine:
             b.steps.append({"kind": "nat", "type": kind, "hook": hook, "before": before, "after": after,
                             "note": "no change"})  # fmt: skip
 
+    def _nat_dropped(self, b: Branch, hook: str, kind: str) -> dict[str, Any]:
+        """The target found no address and returned NF_DROP: its rule's verdict is DROP (seen in the
+        kernel's trace); where the packet ended."""
+        at: dict[str, Any] = {"hook": hook, "table": "nat", "nat": kind}
+        for i in range(len(b.steps) - 1, -1, -1):
+            s = b.steps[i]
+            if s.get("kind") == "rule" and s.get("matched") and s.get("table") == "nat" and s.get("target") == kind:
+                b.steps[i] = {**s, "verdict": "DROP"}  # a copy: forked branches share step dicts
+                at.update(chain=s.get("chain"), rule=s.get("rule"))
+                break
+        return at
+
     def _primary_addr(self, dev: str | None, family: str) -> str | None:
         for name, iface in self.host.addresses(family):  # type: ignore[arg-type]
             if name == dev:
@@ -433,7 +448,7 @@ class Engine:
             d.update(extra)
         return d
 
-    def _route_in(self, b: Branch) -> Branch:
+    def _route_in(self, b: Branch, budget: list[int]) -> list[Branch]:
         pkt = b.pkt
         if pkt.iif == "lo" and any(s.get("kind") == "loopback" for s in b.steps):
             # A looped-back packet keeps the route chosen on output (the skb's dst is
@@ -441,29 +456,85 @@ class Engine:
             b.steps.append({"kind": "route", "result": "local", "type": "local", "oif": None, "via": None,
                             "table": None, "reason": "looped back: the output route (local) is kept"})  # fmt: skip
             b.stage = "input"
-            return b
+            return [b]
         r = self.fib.route_input(pkt.dst, pkt.src, pkt.iif or "lo", pkt.mark, tos=pkt.tos, proto=pkt.proto,
                                  sport=pkt.sport, dport=pkt.dport)  # fmt: skip
+        if r.type == "multicast" and not self._always_joined(pkt):
+            return self._multicast_in(b, r, budget)
         if r.type in ("local", "broadcast", "multicast"):
             b.steps.append(self._route_step(r, "local"))
-            if r.type == "multicast":
-                b.warnings.append("multicast destination: local delivery assumed (multicast routing not modelled)")
             b.stage = "input"
             pkt.oif = None
-            return b
+            return [b]
         if r.type == "unicast":
             if pkt.ttl <= 1:
+                # ip_forward(): TTL (hop limit) <= 1 is dropped, with an ICMP time exceeded, before
+                # NF_INET_FORWARD; PREROUTING saw it (and any TTL target there counted)
                 b.steps.append(self._route_step(r, "forward"))
                 b.result = self._result(b, "DROP", "dropped", {"stage": "forward", "reason": "TTL exceeded"})
-                return b
+                return [b]
             b.steps.append(self._route_step(r, "forward"))
             pkt.oif = r.oif
             b.stage = "forward"
-            return b
+            return [b]
         b.steps.append(self._route_step(r, "drop"))
         disp = "unroutable" if r.type in ("none", "unreachable", "prohibit", "blackhole") else "dropped"
         b.result = self._result(b, "DROP", disp, {"stage": "routing", "reason": r.reason, "type": r.type})
-        return b
+        return [b]
+
+    def _always_joined(self, pkt: Packet) -> bool:
+        """Whether the input device is in the packet's multicast group whatever runs on the host:
+        all-hosts 224.0.0.1 (ip_mc_up), all-nodes ff02::1, and the solicited-node group of one of
+        the device's addresses (addrconf joins it with the address).  Seen in the kernel's trace."""
+        dst = ipaddress.ip_address(pkt.dst)
+        if dst.version == 4:
+            return int(dst) == _ALL_HOSTS
+        if dst == _ALL_NODES:
+            return True
+        if int(dst) >> 24 == _SOLICITED >> 24:
+            low = int(dst) & 0xFFFFFF
+            link = self.host.link(pkt.iif or "")
+            addrs = link.addresses if link is not None else []
+            return any((i := ipaddress.ip_interface(a)).version == 6 and int(i.ip) & 0xFFFFFF == low for a in addrs)
+        return False
+
+    def _multicast_in(self, b: Branch, r: RouteResult, budget: list[int]) -> list[Branch]:
+        """A multicast packet that arrived on a device: the kernel delivers it only if a local socket
+        joined the group on that device (ip_route_input_mc / ip6_mc_input); else it is dropped after
+        PREROUTING.  Which groups are joined is not in the host context: both outcomes, each with
+        its assumption (seen in the kernel's trace: INPUT with a joined socket, nothing without)."""
+        pkt = b.pkt
+        where = f"routing: multicast {pkt.dst} arriving on {pkt.iif}"
+        out = [b]
+        if budget[0] > 0:
+            budget[0] -= 1
+            other = b.fork()
+            other.unknown = True
+            other.conditions.append(
+                f"{where}: assumed NOT joined: no local socket joined the group on {pkt.iif} (and no "
+                "multicast routing daemon takes it), so the kernel drops it after PREROUTING"
+            )
+            step = self._route_step(r, "drop")
+            step["oif"] = None
+            step["reason"] = f"multicast {pkt.dst}: no socket joined the group on {pkt.iif}: dropped"
+            other.steps.append(step)
+            other.result = self._result(
+                other, "DROP", "dropped", {"stage": "routing", "reason": step["reason"], "type": "multicast"}
+            )
+            out.append(other)
+        else:
+            b.warnings.append(
+                f"branch limit reached: {where}: the drop when no socket joined the group is not explored"
+            )
+        b.unknown = True
+        b.conditions.append(
+            f"{where}: assumed joined: a local socket joined the group on {pkt.iif}, so it is delivered "
+            "locally (multicast routing, which may also forward it, is not modelled)"
+        )
+        b.steps.append(self._route_step(r, "local"))
+        b.stage = "input"
+        pkt.oif = None
+        return out
 
     def _route_out(self, b: Branch) -> Branch:
         pkt = b.pkt
@@ -530,12 +601,6 @@ class Engine:
         return self.fib.is_local(addr) or ipaddress.ip_address(addr).is_loopback
 
 
-_CT_TARGETS = frozenset(
-    {"DNAT", "SNAT", "MASQUERADE", "REDIRECT", "NETMAP", "CT", "NOTRACK", "CONNMARK", "CONNSECMARK"}
-)
-_CT_EXTS = ("-m conntrack", "-m state", "-m connmark", "-m connbytes", "-m connlimit", "-m connlabel", "-m helper")
-
-
 def _with_all_builtins(rs: Ruleset) -> Ruleset:
     tables = {}
     for name, t in rs.tables.items():
@@ -564,13 +629,15 @@ def _declared_builtins_only(rs: Ruleset) -> Ruleset:
 
 
 def ruleset_needs_conntrack(rs: Ruleset) -> bool:
-    """Whether any rule makes the kernel enable connection tracking in its namespace."""
+    """Whether any rule makes the kernel enable connection tracking in its namespace: loading a
+    match or target whose checkentry calls nf_ct_netns_get (the spec's `needs_conntrack`), in any
+    chain, reachable or not.  A rule's text is not consulted (a comment may say "-m conntrack")."""
     for t in rs.tables.values():
         for c in t.chains.values():
             for r in c.rules:
-                if r.target is not None and r.target.name in _CT_TARGETS:
+                if r.target is not None and r.target.needs_conntrack:
                     return True
-                if any(e in r.text for e in _CT_EXTS):
+                if any(m.needs_conntrack for m in r.matches):
                     return True
     return False
 
@@ -590,6 +657,11 @@ def _ip6_rcv_drop(pkt: Packet) -> str | None:
     if dst.is_multicast and (int(dst) >> 112) & 0xF == 1:
         return f"interface-local multicast destination {dst} on {pkt.iif}"
     return None
+
+
+_ALL_HOSTS = int(ipaddress.IPv4Address("224.0.0.1"))
+_ALL_NODES = ipaddress.IPv6Address("ff02::1")
+_SOLICITED = int(ipaddress.IPv6Address("ff02::1:ff00:0"))  # ff02::1:ffXX:XXXX/104
 
 
 def _full(pkt: Packet) -> int:

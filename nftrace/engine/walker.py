@@ -212,6 +212,20 @@ def walk_table(
                 b.steps.append(rule_step(env, rule, "CONTINUE", None))
                 i += 1
                 continue
+            other_way = _otherwise(rule)
+            if other_way is not None:
+                # the target's verdict hangs on a socket or program nftrace cannot see: the
+                # outcome without it is a branch of its own (forked before the target acts)
+                where = f"{table.name} {cname} rule {rule.index}"
+                if budget[0] > 0:
+                    budget[0] -= 1
+                    other = b.fork()
+                    other.unknown = True
+                    other.conditions.append(f"{where}: {other_way[2]}")
+                    other.steps.append(rule_step(env, rule, other_way[0], rule.target.name))
+                    out.append((other, other_way[1]))
+                else:
+                    b.warnings.append(f"branch limit reached: {where}: not explored: {other_way[2]}")
             before = (pkt.mark, pkt.ct_mark, pkt.tos, pkt.ttl, pkt.ct_state)
             res = rule.target.apply(pkt, env)
             step = rule_step(env, rule, res.verdict, rule.target.name)
@@ -243,6 +257,27 @@ def walk_table(
             out.append((b, res.verdict))
             break
     return out
+
+
+def _otherwise(rule: Rule) -> tuple[str, str, str] | None:
+    """The outcome of `rule`'s target when what it needs on this host is missing, for a target whose
+    verdict hangs on that (None for the others): (the rule's verdict in the kernel's trace, the
+    verdict for the table, the assumption).  Seen in the kernel's trace: TPROXY with no transparent
+    socket is DROP; NFQUEUE --queue-bypass with no program on the queue shows QUEUE and the packet
+    goes on with the next table (the rest of the chain is skipped).  NFQUEUE without
+    --queue-bypass is dropped then: its single branch, `queued`, already says a program decides."""
+    t = rule.target
+    if t is None:
+        return None
+    if t.name == "TPROXY":
+        return ("DROP", "DROP",
+                f"assumed NO transparent socket: {t.canonical()}: no socket with IP_TRANSPARENT listens on "
+                "its --on-port and none belongs to this flow, so the kernel drops the packet")  # fmt: skip
+    if t.name == "NFQUEUE" and "--queue-bypass" in t.canonical().split():
+        return ("QUEUE", "ACCEPT",
+                f"assumed NO program listens on the queue: {t.canonical()}: --queue-bypass passes the "
+                "packet on to the next table (the rest of this chain is skipped)")  # fmt: skip
+    return None
 
 
 def _miss(env: Env, rule: Rule, why: str) -> dict[str, Any]:

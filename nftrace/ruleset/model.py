@@ -68,6 +68,8 @@ class MatchSpec:
     hooks: frozenset[str] | None = None
     #: tables the kernel accepts the match in (None = any)
     tables: tuple[str, ...] | None = None
+    #: loading it makes the kernel enable connection tracking in the namespace (nf_ct_netns_get)
+    needs_conntrack: bool = False
 
     def evaluate(self, pkt: Packet, env: Env) -> MatchOutcome:
         raise NotImplementedError
@@ -110,6 +112,8 @@ class TargetSpec:
     tables: tuple[str, ...] | None = None
     #: hooks the kernel accepts the target in (None = any); see MatchSpec.hooks
     hooks: frozenset[str] | None = None
+    #: loading it makes the kernel enable connection tracking in the namespace; see MatchSpec
+    needs_conntrack: bool = False
 
     def apply(self, pkt: Packet, env: Env) -> TargetResult:
         raise NotImplementedError

@@ -110,7 +110,10 @@ def _register(
     family: str | None,
     exactness: str,
     why: str,
+    conntrack: bool = False,
 ) -> None:
+    if conntrack:
+        fn = _conntrack_user(fn)
     for n in names:
         d = ExtDef(n, kind, fn, dict(options), dict(aliases or {}), family)
         for fam in ("ipv4", "ipv6") if family is None else (family,):
@@ -120,6 +123,17 @@ def _register(
             EXACTNESS[key] = (exactness, why)
 
 
+def _conntrack_user(fn: Callable[[list[Option], ParseCtx], Any]) -> Callable[[list[Option], ParseCtx], Any]:
+    """`fn`, marking what it parses as making the kernel enable connection tracking."""
+
+    def parse(items: list[Option], ctx: ParseCtx) -> Any:
+        spec = fn(items, ctx)
+        spec.needs_conntrack = True
+        return spec
+
+    return parse
+
+
 def match(
     *names: str,
     options: dict[str, Arg] | None = None,
@@ -127,9 +141,14 @@ def match(
     family: str | None = None,
     exactness: str = "exact",
     why: str = "",
+    conntrack: bool = False,
 ) -> Callable[[MatchParser], MatchParser]:
+    """Register a match parser.  conntrack=True: loading the match makes the kernel enable
+    connection tracking in the namespace (its checkentry calls nf_ct_netns_get); what it parses
+    gets `needs_conntrack` (a spec class may also set it itself, when only some options do)."""
+
     def deco(fn: MatchParser) -> MatchParser:
-        _register(MATCHES, "match", names, fn, options or {}, aliases, family, exactness, why)
+        _register(MATCHES, "match", names, fn, options or {}, aliases, family, exactness, why, conntrack)
         return fn
 
     return deco
@@ -142,9 +161,12 @@ def target(
     family: str | None = None,
     exactness: str = "effect",
     why: str = "",
+    conntrack: bool = False,
 ) -> Callable[[TargetParser], TargetParser]:
+    """Register a target parser; `conntrack` as for `match`."""
+
     def deco(fn: TargetParser) -> TargetParser:
-        _register(TARGETS, "target", names, fn, options or {}, aliases, family, exactness, why)
+        _register(TARGETS, "target", names, fn, options or {}, aliases, family, exactness, why, conntrack)
         return fn
 
     return deco

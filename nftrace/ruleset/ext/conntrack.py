@@ -72,7 +72,7 @@ class StateMatch(MatchSpec):
 _STATE_ORDER = ("INVALID", "NEW", "RELATED", "ESTABLISHED", "UNTRACKED")
 
 
-@match("state", options={"state": VI}, why="conntrack state of the packet (NEW/ESTABLISHED/...)")
+@match("state", options={"state": VI}, why="conntrack state of the packet (NEW/ESTABLISHED/...)", conntrack=True)
 def parse_state(items: list[Option], ctx: ParseCtx) -> MatchSpec:
     o = Opts(items, ctx, "state")
     opt = o.get("state")
@@ -169,6 +169,7 @@ def _addr_print(host: int, mask: int, family: str) -> str:
     options={**{k: VI for k in _CT_OPTS}, "ctdir": V},
     exactness="partial",
     why="state, NAT, tuple, protocol and direction exact; --ctstatus of existing connections and --ctexpire unknown",
+    conntrack=True,
 )
 def parse_conntrack(items: list[Option], ctx: ParseCtx) -> MatchSpec:
     if not items:
@@ -241,6 +242,7 @@ class _HelperMatch(MatchSpec):
     options={"helper": VI},
     exactness="partial",
     why="only RELATED connections have a master with a helper; which helper is unknown",
+    conntrack=True,
 )
 def parse_helper(items: list[Option], ctx: ParseCtx) -> MatchSpec:
     from nftrace.ruleset.values import save_string
@@ -276,6 +278,7 @@ class CtNotrackTarget(NotrackTarget):
 class CtTarget(TargetSpec):
     name = "CT"
     tables = ("raw",)
+    needs_conntrack = True  # CT --notrack (CtNotrackTarget) does not: seen in the kernel
 
     def __init__(self, text: str, zone: str | None, helper: str | None) -> None:
         self.text = text

@@ -92,6 +92,7 @@ def parse_cgroup(items: list[Option], ctx: ParseCtx) -> MatchSpec:
              "cluster-hash-seed": V},
     exactness="unknown",
     why="the cluster hash of the connection",
+    conntrack=True,
 )  # fmt: skip
 def parse_cluster(items: list[Option], ctx: ParseCtx) -> MatchSpec:
     o = Opts(items, ctx, "cluster")
@@ -134,7 +135,7 @@ def _connlabels() -> dict[str, int]:
     return out
 
 
-@match("connlabel", options={"label": VI, "set": F}, exactness="unknown", why="the connection's labels")
+@match("connlabel", options={"label": VI, "set": F}, exactness="unknown", why="the connection's labels", conntrack=True)
 def parse_connlabel(items: list[Option], ctx: ParseCtx) -> MatchSpec:
     o = Opts(items, ctx, "connlabel")
     lab = o.get("label")
@@ -244,6 +245,14 @@ def parse_ipvs(items: list[Option], ctx: ParseCtx) -> MatchSpec:
     return GenericMatch("ipvs", " ".join(parts), _why("IPVS connection state"))
 
 
+class _Nfacct(GenericMatch):
+    """-m nfacct: counts the packet in a named accounting object and always matches.  A module-level
+    class, so that pickle (the parsed-ruleset cache) can rebuild it."""
+
+    def evaluate(self, pkt: Packet, env: Env) -> MatchOutcome:
+        return True  # only counts
+
+
 @match("nfacct", options={"nfacct-name": V}, why="only counts the packet: always matches")
 def parse_nfacct(items: list[Option], ctx: ParseCtx) -> MatchSpec:
     n = Opts(items, ctx, "nfacct").value("nfacct-name")
@@ -251,11 +260,6 @@ def parse_nfacct(items: list[Option], ctx: ParseCtx) -> MatchSpec:
         raise ctx.error('nfacct: option "--nfacct-name" must be specified')
     if len(n) > 31:
         raise ctx.error("nfacct: --nfacct-name is longer than 31 characters")
-
-    class _Nfacct(GenericMatch):
-        def evaluate(self, pkt: Packet, env: Env) -> MatchOutcome:
-            return True  # only counts
-
     # iptables-save prints two spaces here
     return _Nfacct("nfacct", f"-m nfacct --nfacct-name  {word(n)}", "")
 

@@ -61,7 +61,7 @@ def parse_mark(items: list[Option], ctx: ParseCtx) -> MatchSpec:
     return _mark_match("mark", items, ctx)
 
 
-@match("connmark", options={"mark": VI}, why="the connection's mark, as set by earlier rules")
+@match("connmark", options={"mark": VI}, why="the connection's mark, as set by earlier rules", conntrack=True)
 def parse_connmark(items: list[Option], ctx: ParseCtx) -> MatchSpec:
     return _mark_match("connmark", items, ctx)
 
@@ -148,6 +148,7 @@ class ConnmarkTarget(TargetSpec):
              "restore-mark": F, "mask": V, "nfmask": V, "ctmask": V, "left-shift-mark": V,
              "right-shift-mark": V},
     why="sets, saves or restores the connection mark",
+    conntrack=True,
 )  # fmt: skip
 def parse_connmark_target(items: list[Option], ctx: ParseCtx) -> TargetSpec:
     o = Opts(items, ctx, "CONNMARK")

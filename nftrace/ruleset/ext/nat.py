@@ -197,6 +197,7 @@ def _snat_dnat(kind: str, items: list[Option], ctx: ParseCtx) -> TargetSpec:
     "DNAT",
     options={"to-destination": V, "random": F, "random-fully": F, "persistent": F},
     why="rewrites the destination (first packet of a connection; replies follow the binding)",
+    conntrack=True,
 )
 def parse_dnat(items: list[Option], ctx: ParseCtx) -> TargetSpec:
     return _snat_dnat("DNAT", items, ctx)
@@ -206,6 +207,7 @@ def parse_dnat(items: list[Option], ctx: ParseCtx) -> TargetSpec:
     "SNAT",
     options={"to-source": V, "random": F, "random-fully": F, "persistent": F},
     why="rewrites the source; the first address of a range is assumed",
+    conntrack=True,
 )
 def parse_snat(items: list[Option], ctx: ParseCtx) -> TargetSpec:
     return _snat_dnat("SNAT", items, ctx)
@@ -231,6 +233,7 @@ def _ports_only(kind: str, items: list[Option], ctx: ParseCtx, flags: tuple[str,
     options={"to-ports": V, "random": F, "random-fully": F},
     exactness="host",
     why="source becomes the address of the outgoing interface (from the host context)",
+    conntrack=True,
 )
 def parse_masquerade(items: list[Option], ctx: ParseCtx) -> TargetSpec:
     return _ports_only("MASQUERADE", items, ctx, ("random", "random-fully"))
@@ -241,12 +244,13 @@ def parse_masquerade(items: list[Option], ctx: ParseCtx) -> TargetSpec:
     options={"to-ports": V, "random": F},
     exactness="host",
     why="destination becomes the primary address of the incoming interface (from the host context)",
+    conntrack=True,
 )
 def parse_redirect(items: list[Option], ctx: ParseCtx) -> TargetSpec:
     return _ports_only("REDIRECT", items, ctx, ("random",))
 
 
-@target("NETMAP", options={"to": V}, why="maps the network part of the address (1:1)")
+@target("NETMAP", options={"to": V}, why="maps the network part of the address (1:1)", conntrack=True)
 def parse_netmap(items: list[Option], ctx: ParseCtx) -> TargetSpec:
     o = Opts(items, ctx, "NETMAP")
     to = o.value("to")

@@ -325,6 +325,7 @@ def parse_recent(items: list[Option], ctx: ParseCtx) -> MatchSpec:
              "connlimit-daddr": F},
     exactness="unknown",
     why=_REASONS["connlimit"],
+    conntrack=True,
 )  # fmt: skip
 def parse_connlimit(items: list[Option], ctx: ParseCtx) -> MatchSpec:
     o = Opts(items, ctx, "connlimit")
@@ -607,6 +608,7 @@ def parse_quota(items: list[Option], ctx: ParseCtx) -> MatchSpec:
     options={"connbytes": VI, "connbytes-dir": V, "connbytes-mode": V},
     exactness="unknown",
     why=_REASONS["connbytes"],
+    conntrack=True,
 )
 def parse_connbytes(items: list[Option], ctx: ParseCtx) -> MatchSpec:
     o = Opts(items, ctx, "connbytes")

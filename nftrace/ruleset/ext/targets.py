@@ -290,6 +290,9 @@ class TproxyTarget(TargetSpec):
         self.hooks = frozenset({PRE})
 
     def apply(self, pkt: Packet, env: Env) -> TargetResult:
+        if self.mark is not None:  # tproxy_tg4/6: skb->mark = (skb->mark & ~mask) ^ value
+            value, mask = self.mark
+            pkt.mark = (pkt.mark & ~mask & 0xFFFFFFFF) ^ value
         return TargetResult(
             "ACCEPT",
             unknown=f"{self.text}: accepted (and marked) only if a transparent socket listens, else dropped",
@@ -435,7 +438,8 @@ def parse_secmark(items: list[Option], ctx: ParseCtx) -> TargetSpec:
     return _cont("SECMARK", f"-j SECMARK --selctx {word(s)}", "sets the security mark", tables=("mangle", "security"))
 
 
-@target("CONNSECMARK", options={"save": F, "restore": F}, exactness=_CONT, why="copies the security mark")
+@target("CONNSECMARK", options={"save": F, "restore": F}, exactness=_CONT, why="copies the security mark",
+        conntrack=True)  # fmt: skip
 def parse_connsecmark(items: list[Option], ctx: ParseCtx) -> TargetSpec:
     which = Opts(items, ctx, "CONNSECMARK").require_one("save", "restore")
     return _cont("CONNSECMARK", f"-j CONNSECMARK --{which}", "copies the security mark",
@@ -658,6 +662,7 @@ def parse_hmark(items: list[Option], ctx: ParseCtx) -> TargetSpec:
     options={"sack-perm": F, "timestamp": F, "wscale": V, "mss": V, "ecn": F},
     exactness="verdict-unknown",
     why="answers SYNs itself and drops them; the handshake is not modelled",
+    conntrack=True,
 )
 def parse_synproxy(items: list[Option], ctx: ParseCtx) -> TargetSpec:
     _need_tcp(ctx, "SYNPROXY")
