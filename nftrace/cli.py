@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
@@ -114,10 +115,13 @@ def load_inputs(args: argparse.Namespace, family: str | None = None) -> tuple[An
     import re
 
     from nftrace.commands.snapshot import load_snapshot_inputs, packet_family
-    from nftrace.host.parse import build_host_context
+    from nftrace.host.parse import build_host_context, check_sysctl_flags
     from nftrace.ruleset.ipsets import parse_ipsets
     from nftrace.ruleset.parser import parse_rules
 
+    check_sysctl_flags(getattr(args, "sysctl", None) or [])
+    if family is None and getattr(args, "batch", None):
+        family = _batch_family(args)
     if getattr(args, "snapshot", None) or getattr(args, "host", False):
         return load_snapshot_inputs(args, family)
     if getattr(args, "netns", None):
@@ -125,6 +129,7 @@ def load_inputs(args: argparse.Namespace, family: str | None = None) -> tuple[An
     rules_path = args.rules
     routes, addrs, iprules, ipsets_path = args.routes, args.addrs, args.ip_rules, args.ipsets
     sysctls = list(args.sysctl)
+    sysctl_files: list[str] = []
     if rules_path is None:
         raise UsageError(
             "no rules given: use --rules FILE (an iptables-save dump, '-' for stdin, or a rulesets/ dir), "
@@ -152,9 +157,7 @@ def load_inputs(args: argparse.Namespace, family: str | None = None) -> tuple[An
         ipsets_path = ipsets_path or _maybe(d / "ipsets.txt")
         sc = _maybe(d / "sysctl.txt")
         if sc:
-            sysctls = [
-                ln for ln in _read(sc, "sysctl file").splitlines() if ln.strip() and not ln.startswith("#")
-            ] + sysctls
+            sysctl_files.append(sc)  # read before the --sysctl flags, which override it
     text = _read(rules_path, "rules")
     stripped = text.lstrip()
     if stripped.startswith("{"):
@@ -180,7 +183,12 @@ def load_inputs(args: argparse.Namespace, family: str | None = None) -> tuple[An
     if not rs.tables:
         raise InputError("no tables in the rules (expected '*filter' ... 'COMMIT')", file=name)
     host = build_host_context(
-        routes_file=routes, addrs_file=addrs, rules_file=iprules, sysctls=sysctls, local_addrs=args.local_addr
+        routes_file=routes,
+        addrs_file=addrs,
+        rules_file=iprules,
+        sysctls=sysctls,
+        local_addrs=args.local_addr,
+        sysctl_files=sysctl_files,
     )
     ipsets = parse_ipsets(_read(ipsets_path, "ipsets"), ipsets_path) if ipsets_path else None
     return rs, host, ipsets
@@ -188,6 +196,42 @@ def load_inputs(args: argparse.Namespace, family: str | None = None) -> tuple[An
 
 def _maybe(p: Path) -> str | None:
     return str(p) if p.is_file() else None
+
+
+def _batch_family(args: argparse.Namespace) -> str | None:
+    """The family of a --batch: that of its first packet with an address (None when none has one, or
+    when a flow string or --src/--dst on the command line decides).  Each line of the other family
+    gets an error object of its own (Contract 3); the rest are traced."""
+    import io
+    import ipaddress
+    import json
+
+    if getattr(args, "flow", None) or getattr(args, "src", None) or getattr(args, "dst", None):
+        return None
+
+    def first(lines: Iterable[str]) -> str | None:
+        for line in lines:
+            try:
+                d = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(d, dict):
+                try:
+                    addr = ipaddress.ip_address(str(d.get("dst") or d.get("src") or "").strip("[]"))
+                except ValueError:
+                    continue
+                return "ipv4" if addr.version == 4 else "ipv6"
+        return None
+
+    if args.batch == "-":
+        text = sys.stdin.read()
+        sys.stdin = io.StringIO(text)  # the command reads the batch from stdin after us
+        return first(text.splitlines())
+    try:
+        with open(args.batch, encoding="utf-8", errors="replace") as f:
+            return first(f)  # reads up to the first packet with an address
+    except OSError:
+        return None  # the command reports the unreadable file itself
 
 
 def packet_dict(args: argparse.Namespace) -> dict[str, Any]:
@@ -213,6 +257,21 @@ def packet_dict(args: argparse.Namespace) -> dict[str, Any]:
     if not d.get("dst"):
         raise UsageError("no packet given: a flow string ('tcp 1.2.3.4:5 > 6.7.8.9:80 iif eth0') or --dst/--proto ...")
     return d
+
+
+def check_oif(pkt: Any, origin: str, host: Any) -> None:
+    """InputError when a locally sent packet is bound (--oif) to an interface the host context does
+    not have: the kernel refuses the bind itself (SO_BINDTODEVICE: ENODEV).  Without links (no host
+    context, or --local-addr alone) any name passes."""
+    if origin != "local" or not pkt.oif:
+        return
+    # the pseudo-link '*' of --local-addr holds addresses only: it says nothing of the interfaces
+    real = [link.name for link in host.links if link.name != "*"]
+    if real and pkt.oif not in real:
+        raise InputError(
+            f"unknown output interface {pkt.oif!r}: this host has {', '.join(real)}; "
+            "give one of these with --oif (or 'oif NAME' in the flow string)"
+        )
 
 
 def _color(args: argparse.Namespace, stream: TextIO) -> bool:

@@ -115,11 +115,28 @@ def _final_problem(result: dict[str, Any], res: KResult) -> str | None:
 # ------------------------------------------------------------------ packet generation
 
 _ADDR = re.compile(r"(?<![\w.:])(\d{1,3}(?:\.\d{1,3}){3})(?:/(\d{1,2}))?")
+_ADDR6 = re.compile(r"(?<![\w:.])([0-9a-fA-F]{0,4}(?::[0-9a-fA-F]{0,4}){2,7})(?:/(\d{1,3}))?(?![\w:])")
 _PORT = re.compile(r"--(?:dport|sport|dports|sports|to-ports|destination-port)\s+([\d,:]+)")
 _TO = re.compile(r"--to-(?:destination|source)\s+[\d.]*:(\d+)")
+_TO6 = re.compile(r"--to-(?:destination|source)\s+\[[0-9a-fA-F:]+\]:(\d+)")
 
 
-def mentioned(rules_text: str, host: HostContext) -> tuple[list[str], list[int]]:
+def mentioned(rules_text: str, host: HostContext, family: str = "ipv4") -> tuple[list[str], list[int]]:
+    """Addresses (one or two inside each prefix) and ports that a ruleset and its host mention, of
+    `family` (ipv4 or ipv6)."""
+    addrs = _mentioned6(rules_text, host) if family == "ipv6" else _mentioned4(rules_text, host)
+    ports: set[int] = {22, 53, 80, 443, 8080, 40000}
+    for m in _PORT.finditer(rules_text):
+        for part in m.group(1).split(","):
+            for p in part.split(":"):
+                if p.isdigit():
+                    ports.add(int(p))
+    for m in (_TO6 if family == "ipv6" else _TO).finditer(rules_text):
+        ports.add(int(m.group(1)))
+    return sorted(addrs), sorted(p for p in ports if 0 < p < 65536)
+
+
+def _mentioned4(rules_text: str, host: HostContext) -> set[str]:
     addrs: set[str] = set()
     for m in _ADDR.finditer(rules_text):
         try:
@@ -144,16 +161,42 @@ def mentioned(rules_text: str, host: HostContext) -> tuple[list[str], list[int]]
             if n.num_addresses > 2:
                 addrs.add(str(n.network_address + 2))
     addrs.update({"8.8.8.8", "1.1.1.1", "203.0.113.77"})
-    ports: set[int] = {22, 53, 80, 443, 8080, 40000}
-    for m in _PORT.finditer(rules_text):
-        for part in m.group(1).split(","):
-            for p in part.split(":"):
-                if p.isdigit():
-                    ports.add(int(p))
-    for m in _TO.finditer(rules_text):
-        ports.add(int(m.group(1)))
     bad = {a for a in addrs if ipaddress.ip_address(a).is_multicast or a.endswith(".255") or a.startswith("0.")}
-    return sorted(addrs - bad), sorted(p for p in ports if 0 < p < 65536)
+    return addrs - bad
+
+
+def _mentioned6(rules_text: str, host: HostContext) -> set[str]:
+    addrs: set[str] = set()
+    for m in _ADDR6.finditer(rules_text):
+        try:
+            a = ipaddress.IPv6Address(m.group(1))
+        except ValueError:
+            continue
+        plen = int(m.group(2)) if m.group(2) else 128
+        if plen < 128:
+            net = ipaddress.IPv6Network(f"{a}/{plen}", strict=False)
+            addrs.update({str(net.network_address + 1), str(net.network_address + 5)})
+        else:
+            addrs.add(str(a))
+    for _, iface in host.addresses("ipv6"):
+        if iface.ip.is_link_local:
+            continue
+        addrs.add(str(iface.ip))
+        if iface.network.prefixlen < 127:
+            addrs.add(str(iface.network.network_address + 3))
+    addrs.update({"2001:db8:77::1", "2001:db8:99::9", "2606:4700::1111"})
+    # link-local destinations are left out (without a zone index the kernel's choice of link is its own),
+    # and ::/8 but ::1 (the kernel prints IPv4-compatible addresses in dotted form)
+    return {
+        a
+        for a in addrs
+        if not (
+            ipaddress.IPv6Address(a).is_multicast
+            or ipaddress.IPv6Address(a).is_unspecified
+            or ipaddress.IPv6Address(a).is_link_local
+            or (a != "::1" and int(ipaddress.IPv6Address(a)) >> 120 == 0)  # ::/8: IPv4-compatible, mapped
+        )
+    }
 
 
 def random_packets(rng: random.Random, rules_text: str, host: HostContext, n: int) -> list[KPacket]:
@@ -191,19 +234,23 @@ def random_packets(rng: random.Random, rules_text: str, host: HostContext, n: in
 
 
 def engine_packet(kp: KPacket) -> tuple[Any, str]:
+    """The engine's packet for a kernel packet of either family."""
+    v6 = ":" in kp.dst
+    icmp = kp.proto in ("icmp", "icmpv6")
     d: dict[str, Any] = {
         "origin": kp.origin,
-        "proto": kp.proto,
+        "proto": "icmpv6" if icmp and v6 else kp.proto,
         "src": kp.src,
         "dst": kp.dst,
-        "sport": kp.sport,
+        # ICMPv6: the harness sends the echo id in sport, and the engine has no echo id
+        "sport": None if icmp and v6 else kp.sport,
         "dport": kp.dport,
         "iif": kp.iif,
         "mark": kp.mark,
         "tcp_flags": kp.tcp_flags if kp.proto == "tcp" else None,
         "ttl": kp.ttl,
     }
-    if kp.proto == "icmp":
+    if icmp:
         d["icmp_type"] = f"{kp.icmp_type}/{kp.icmp_code}"
     if kp.oif:
         d["oif"] = kp.oif

@@ -11,6 +11,7 @@ packets. A failure prints the seed; `NFTRACE_SEED=<seed>` replays it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import json
 import os
@@ -615,6 +616,54 @@ def test_plain_host_source_checks(plain_host: tuple[Netns, HostContext]) -> None
             what = f"[{' '.join(s) or 'defaults'}] ip route get {dst} from {src} iif {iif}"
             t.check(what, k, res, check_src=False)
     t.assert_ok(200)
+
+
+@pytest.mark.kernel
+def test_sysctl_spellings_read_as_the_kernel_reads_them(plain_host: tuple[Netns, HostContext]) -> None:
+    """Forwarding and rp_filter written in other spellings the kernel takes (0x0, 00, 010, 2, -1, 3):
+    Fib, given the values as written (and as parse_sysctls stores them), routes as the kernel does.
+    Only 1 is strict; any other non-zero rp_filter is loose; any non-zero forwarding forwards."""
+    node, _ = plain_host
+    t = Tally(seed())
+    rng = random.Random(t.seed)
+    srcs = ["192.168.50.1", "172.16.1.7", "10.1.2.3", "10.99.1.1", "8.8.8.8"]
+    dsts = ["8.8.8.8", "10.1.1.1", "10.99.2.2", "192.168.50.10", "172.16.1.9"]
+    devs = ("all", "default", "lo", "eth0", "eth1")
+    before = capture(node).sysctls
+    saved = [f"{k}={v}" for k, v in before.items() if k.startswith("net.ipv4.conf.") and k.endswith(".rp_filter")]
+    saved = [f"net.ipv4.ip_forward={before['net.ipv4.ip_forward']}", *saved]
+    saved += [f"net.ipv4.conf.{d}.forwarding={before[f'net.ipv4.conf.{d}.forwarding']}" for d in devs]
+    cases: list[dict[str, str]] = [
+        # writing ip_forward sets every device's forwarding to the same value
+        *({"net.ipv4.ip_forward": v, **{f"net.ipv4.conf.{d}.forwarding": v for d in devs}} for v in ("0x0", "00", "2")),
+        {"net.ipv4.ip_forward": "-1", **{f"net.ipv4.conf.{d}.forwarding": "-1" for d in devs}},
+        {"net.ipv4.ip_forward": "010", **{f"net.ipv4.conf.{d}.forwarding": "010" for d in devs}},
+        {f"net.ipv4.conf.{d}.rp_filter": "-1" for d in ("all", "eth0", "eth1")},
+        {
+            "net.ipv4.conf.all.rp_filter": "0x1",
+            "net.ipv4.conf.eth0.rp_filter": "0",
+            "net.ipv4.conf.eth1.rp_filter": "0",
+        },
+        {"net.ipv4.conf.all.rp_filter": "3"},
+        {"net.ipv4.conf.all.rp_filter": "00", "net.ipv4.conf.eth1.rp_filter": "01"},
+    ]
+    try:
+        for case in cases:
+            node.sysctl(*(f"{k}={v}" for k, v in case.items()))
+            ctx = capture(node)
+            as_written = dataclasses.replace(ctx, sysctls={**ctx.sysctls, **case})
+            as_parsed = dataclasses.replace(
+                ctx, sysctls={**ctx.sysctls, **parse_sysctls([f"{k}={v}" for k, v in case.items()])}
+            )
+            for fib in (Fib(as_written), Fib(as_parsed)):
+                for _ in range(20):
+                    dst, src, iif = rng.choice(dsts), rng.choice(srcs), rng.choice(["eth0", "eth1"])
+                    k = kernel_route_get(node, [dst, "from", src, "iif", iif])
+                    what = f"[{case}] ip route get {dst} from {src} iif {iif}"
+                    t.check(what, k, fib.route_input(dst, src, iif), check_src=False)
+    finally:
+        node.sysctl(*saved)
+    t.assert_ok(300)
 
 
 @pytest.mark.kernel

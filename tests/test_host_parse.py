@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from nftrace.errors import InputError
+from nftrace.errors import InputError, UsageError
 from nftrace.host.model import Route
 from nftrace.host.parse import (
+    CONF4_READ,
     build_host_context,
+    check_sysctl_flags,
     derive_routes,
     parse_addrs,
     parse_ip_rules,
@@ -681,6 +683,114 @@ def test_sysctl_errors() -> None:
     with pytest.raises(InputError) as e:
         parse_sysctls(["net.ipv4.ip_forward=1", "= 1"])
     assert e.value.line == 2
+
+
+def test_sysctl_values_are_checked_as_the_kernel_checks_them() -> None:
+    out = parse_sysctls(
+        [
+            "net.ipv4.ip_forward = 0x1\nnet.ipv4.conf.all.rp_filter = 010\nnet.ipv4.conf.eth0.rp_filter = -1",
+            "net.bridge.bridge-nf-call-iptables = 7",  # stored as 1 (a bool to the kernel)
+            "net.ipv6.conf.all.forwarding = 2 3",  # the first number; the rest is ignored
+            "net.ipv4.tcp_rmem = 4096\t131072  6291456",  # not read by nftrace: kept as it is
+        ]
+    )
+    assert out == {
+        "net.ipv4.ip_forward": "1",
+        "net.ipv4.conf.all.rp_filter": "8",
+        "net.ipv4.conf.eth0.rp_filter": "-1",
+        "net.bridge.bridge-nf-call-iptables": "1",
+        "net.ipv6.conf.all.forwarding": "2",
+        "net.ipv4.tcp_rmem": "4096 131072 6291456",
+    }
+    with pytest.raises(InputError) as e:
+        parse_sysctls(["# x\nnet.ipv4.conf.eth1.route_localnet = on\n"], "sysctl.txt")
+    assert (e.value.file, e.value.line) == ("sysctl.txt", 2)
+    assert "the kernel refuses 'on' for net.ipv4.conf.eth1.route_localnet" in e.value.message
+    # sysctl.conf's "-KEY = VALUE": sysctl(8) ignores a failed write, so the key stays unknown
+    assert parse_sysctls(["-net.ipv4.ip_forward = yes\nnet.ipv4.conf.all.rp_filter = 2"]) == {
+        "net.ipv4.conf.all.rp_filter": "2"
+    }
+    with pytest.raises(UsageError) as u:
+        parse_sysctls(["net.ipv4.ip_forward=abc"], "--sysctl")
+    assert u.value.one_line().startswith("nftrace: --sysctl net.ipv4.ip_forward=abc: the kernel refuses 'abc'")
+
+
+def test_sysctl_flags_name_only_what_nftrace_reads() -> None:
+    check_sysctl_flags(["net.ipv4.ip_forward=1", "net.ipv4.conf.eth0.100.rp_filter=2", "/a/file/of/sysctls"])
+    for item, said in [
+        ("ip_forward=abc", "did you mean net.ipv4.ip_forward?"),
+        ("net.ipv4.tcp_syncookies=1", "nftrace does not read net.ipv4.tcp_syncookies"),
+        ("net.ipv4.ip_forward=yes", "the kernel refuses 'yes'"),
+    ]:
+        with pytest.raises(UsageError) as u:
+            check_sysctl_flags([item])
+        assert f"--sysctl {item}: " in u.value.one_line() and said in u.value.message
+
+
+# Raw values written to the sysctls nftrace reads, in a namespace: what the kernel stores, or EINVAL.
+SYSCTL_WRITES = (
+    "0", "1", "2", "3", "10", "-1", "-0", "0x1", "0X1F", "-0x1", "010", "00", "08", "0x", "0xG", " 1", "\t1",
+    "\n1", "1 ", "1\n", "1 2", "1\t2", "1 abc", "1,2", "1x", "1.0", "+1", "- 1", "--1", "abc", " ", "1\r", "1\v",
+    "2147483647", "2147483648", "-2147483648", "-2147483649", "4294967295", "0x7fffffff", "0x80000000",
+    "017777777777", "020000000000", "0" * 19 + "1", "0" * 20 + "1", "-" + "0" * 18 + "1", "-" + "0" * 19 + "1",
+)  # fmt: skip
+
+
+@pytest.mark.kernel
+def test_sysctl_values_match_what_the_kernel_stores() -> None:
+    """Each value written to each sysctl nftrace reads: the kernel stores what kernel_int() says (the
+    bridge ones as 0/1) or refuses it with EINVAL, where sysctl_value() raises."""
+    import os
+
+    from nftrace.host.parse import sysctl_value
+    from tests.kernelhost import in_netns
+
+    keys = [
+        "net.ipv4.ip_forward",
+        "net.ipv6.conf.all.forwarding",
+        *(f"net.ipv4.conf.{dev}.{name}" for dev in ("all", "default", "lo") for name in CONF4_READ),
+        "net.bridge.bridge-nf-call-iptables",
+        "net.bridge.bridge-nf-call-ip6tables",
+    ]
+    with namespaces("sysctlvals") as (node,):
+
+        def probe() -> dict[str, list[str | None]]:
+            out: dict[str, list[str | None]] = {}
+            for key in keys:
+                path = "/proc/sys/" + key.replace(".", "/")
+                if not os.path.exists(path):
+                    continue  # the bridge sysctls exist only with br_netfilter loaded
+                with open(path) as f:
+                    orig = f.read()
+                got: list[str | None] = []
+                for raw in SYSCTL_WRITES:
+                    fd = os.open(path, os.O_WRONLY)
+                    try:
+                        os.write(fd, raw.encode())
+                        ok = True
+                    except OSError:
+                        ok = False
+                    finally:
+                        os.close(fd)
+                    with open(path) as f:
+                        got.append(f.read().strip() if ok else None)
+                    with open(path, "w") as f:
+                        f.write(orig)
+                out[key] = got
+            return out
+
+        stored = in_netns(node.name, probe)
+    assert {"net.ipv4.ip_forward", "net.ipv4.conf.lo.rp_filter"} <= stored.keys()
+    wrong = []
+    for key, got in stored.items():
+        for raw, kernel in zip(SYSCTL_WRITES, got, strict=True):
+            try:
+                ours: str | None = sysctl_value(key, raw)
+            except ValueError:
+                ours = None
+            if ours != kernel:
+                wrong.append(f"{key} <- {raw!r}: kernel {kernel}, nftrace {ours}")
+    assert not wrong, "\n".join(wrong)
 
 
 # --------------------------------------------------------------------------- derived routes and context

@@ -24,18 +24,16 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from nftrace.engine.packet import packet_from_dict
 from nftrace.engine.pipeline import Engine
 from nftrace.errors import InputError
 from nftrace.host.model import DEFAULT_IPV4_RULES, DEFAULT_IPV6_RULES, HostContext, IpRule, Link, Route
 from nftrace.host.parse import derive_routes
 from nftrace.host.snapshot import load_snapshot
 from nftrace.ruleset.parser import parse_rules
-from tests.differential import compare
+from tests.differential import compare, engine_packet, mentioned
 from tests.kernelhost import KernelHost, KernelHostError, KernelHostUnavailable, KPacket, unavailable_reason
 
 pytestmark = pytest.mark.kernel
@@ -141,57 +139,9 @@ def host_v6() -> HostContext:
 
 # ------------------------------------------------------------------ packets
 
-_V6ADDR = re.compile(r"(?<![\w:.])([0-9a-fA-F]{0,4}(?::[0-9a-fA-F]{0,4}){2,7})(?:/(\d{1,3}))?(?![\w:])")
-_PORT = re.compile(r"--(?:dport|sport|dports|sports|to-ports|destination-port)\s+([\d,:]+)")
-_TO = re.compile(r"--to-(?:destination|source)\s+\[[0-9a-fA-F:]+\]:(\d+)")
-
-
-def mentioned6(text: str, host: HostContext) -> tuple[list[str], list[int]]:
-    """IPv6 addresses (one or two inside each prefix) and ports a ruleset and its host mention."""
-    addrs: set[str] = set()
-    for m in _V6ADDR.finditer(text):
-        try:
-            a = ipaddress.IPv6Address(m.group(1))
-        except ValueError:
-            continue
-        plen = int(m.group(2)) if m.group(2) else 128
-        if plen < 128:
-            net = ipaddress.IPv6Network(f"{a}/{plen}", strict=False)
-            addrs.update({str(net.network_address + 1), str(net.network_address + 5)})
-        else:
-            addrs.add(str(a))
-    for _, iface in host.addresses("ipv6"):
-        if iface.ip.is_link_local:
-            continue
-        addrs.add(str(iface.ip))
-        if iface.network.prefixlen < 127:
-            addrs.add(str(iface.network.network_address + 3))
-    addrs.update({"2001:db8:77::1", "2001:db8:99::9", "2606:4700::1111"})
-    ports: set[int] = {22, 53, 80, 443, 8080, 40000}
-    for m in _PORT.finditer(text):
-        for part in m.group(1).split(","):
-            for p in part.split(":"):
-                if p.isdigit():
-                    ports.add(int(p))
-    for m in _TO.finditer(text):
-        ports.add(int(m.group(1)))
-    # link-local destinations are left out (without a zone index the kernel's choice of link is its own),
-    # and ::/8 but ::1 (the kernel prints IPv4-compatible addresses in dotted form)
-    ok = {
-        a
-        for a in addrs
-        if not (
-            ipaddress.IPv6Address(a).is_multicast
-            or ipaddress.IPv6Address(a).is_unspecified
-            or ipaddress.IPv6Address(a).is_link_local
-            or (a != "::1" and int(ipaddress.IPv6Address(a)) >> 120 == 0)  # ::/8: IPv4-compatible, mapped
-        )
-    }
-    return sorted(ok), sorted(p for p in ports if 0 < p < 65536)
-
 
 def random_packets6(rng: random.Random, text: str, host: HostContext, n: int) -> list[KPacket]:
-    addrs, ports = mentioned6(text, host)
+    addrs, ports = mentioned(text, host, "ipv6")
     local = sorted(str(i.ip) for _, i in host.addresses("ipv6") if not i.ip.is_link_local)
     links = [lk.name for lk in host.links if lk.name not in ("lo", "*")]
     out: list[KPacket] = []
@@ -220,26 +170,6 @@ def random_packets6(rng: random.Random, text: str, host: HostContext, n: int) ->
     return out
 
 
-def engine_packet6(kp: KPacket) -> tuple[Any, str]:
-    d: dict[str, Any] = {
-        "origin": kp.origin,
-        "proto": "icmpv6" if kp.proto in ("icmp", "icmpv6") else kp.proto,
-        "src": kp.src,
-        "dst": kp.dst,
-        "sport": kp.sport,
-        "dport": kp.dport,
-        "iif": kp.iif,
-        "mark": kp.mark,
-        "tcp_flags": kp.tcp_flags if kp.proto == "tcp" else None,
-        "ttl": kp.ttl,
-    }
-    if kp.proto in ("icmp", "icmpv6"):
-        d["icmp_type"] = f"{kp.icmp_type}/{kp.icmp_code}"
-        # the engine has no echo id: the harness sends the id in sport
-        d["sport"] = None
-    return packet_from_dict(d)
-
-
 def _seed() -> int:
     return int(os.environ.get("NFTRACE_SEED", random.randrange(1 << 30)))
 
@@ -259,7 +189,7 @@ def run_differential(engine: Engine, kh: KernelHost, packets: list[KPacket]) -> 
     failures: list[str] = []
     observable = _input_observable(engine)
     for kp in packets:
-        pkt, origin = engine_packet6(kp)
+        pkt, origin = engine_packet(kp)
         trace = engine.trace(pkt, origin)
         # a packet the engine says no hook sees (ip6_rcv_core drops it) gives no trace line to wait for
         unseen = all(

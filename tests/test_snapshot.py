@@ -347,8 +347,11 @@ def test_explain_snapshot_batch(tmp_path: Path, capsys: Any) -> None:
     mixed.write_text(
         batch.read_text() + json.dumps({"proto": "tcp", "src": "2001:db8::1", "dst": "2001:db8:50::10", "dport": 22})
     )
-    assert main(["explain", "--snapshot", path, "--batch", str(mixed)]) == 2
-    assert "mixes IPv4 and IPv6" in capsys.readouterr().err
+    # Contract 3: the line of the other family gets its own error object, the others are answered
+    assert main(["explain", "--snapshot", path, "--batch", str(mixed)]) == 0
+    docs = [json.loads(ln) for ln in capsys.readouterr().out.splitlines()]
+    assert [("branches" in d, d.get("line")) for d in docs] == [(True, None), (True, None), (False, 3)]
+    assert "the packet is ipv6 but the rules are ipv4" in docs[2]["error"]
 
 
 def test_explain_snapshot_batch_on_stdin(tmp_path: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from nftrace.cli import _color, _read, add_input_args, add_packet_args, load_inputs, packet_dict
+from nftrace.cli import _color, _read, add_input_args, add_packet_args, check_oif, load_inputs, packet_dict
 from nftrace.errors import InputError, NftraceError, UsageError
 
 
@@ -18,13 +18,26 @@ def register(sub: Any) -> None:
     e.add_argument("--format", "-f", choices=("text", "json"), default="text")
     e.add_argument("--all-rules", action="store_true", help="also show rules that did not match, and why")
     e.add_argument("--batch", metavar="FILE", help="one JSON packet per line; one trace JSON per line out")
-    e.add_argument("--max-branches", type=int, default=256, help="bound on forks (chance/unknown matches)")
+    e.add_argument(
+        "--max-branches", type=_at_least_one, default=256, help="bound on forks (chance/unknown matches), at least 1"
+    )
     e.add_argument("--color", choices=("auto", "always", "never"), default="auto")
     k = e.add_argument_group("Kubernetes and Docker (the packet is built from the service catalogue)")
     k.add_argument("--to-service", metavar="NS/NAME:PORT", help="a connection to this Service's ClusterIP and port")
     k.add_argument("--from-pod", metavar="IP", help="with --to-service: sent by the pod with this address")
     k.add_argument("--node-port", type=int, metavar="N", help="a connection to node port N of this node")
     k.add_argument("--external-ip", metavar="IP", help="a connection to a Service's external or load-balancer IP")
+
+
+def _at_least_one(text: str) -> int:
+    """--max-branches N: a whole number, at least 1 (argparse names the flag in the error)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {n}")
+    return n
 
 
 def _service_flow(args: argparse.Namespace, catalog: Any, host: Any) -> Any:
@@ -96,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
                 if not isinstance(d, dict):
                     raise InputError("each line must be a JSON object", file=args.batch, line=n)
                 pkt, origin = packet_from_dict(d, file=args.batch)
+                check_oif(pkt, origin, host)
                 doc = engine.trace(pkt, origin).to_json()
                 _kube(doc, catalog, host)
             except NftraceError as e:
@@ -106,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     d = flow.packet if flow is not None else packet_dict(args)
     pkt, origin = packet_from_dict(d)
+    check_oif(pkt, origin, host)
     tr = engine.trace(pkt, origin)
     doc = tr.to_json()
     _kube(doc, catalog, host)

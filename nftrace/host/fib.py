@@ -52,7 +52,7 @@ from nftrace.host.model import (
     Link,
     Route,
 )
-from nftrace.host.parse import AddrInfo, derive_routes, ipv4_addr_infos
+from nftrace.host.parse import RTN_TYPES, AddrInfo, derive_routes, ipv4_addr_infos, kernel_int
 
 __all__ = ["ADDR_TYPES", "RESULT_TYPES", "Fib", "RouteResult"]
 
@@ -70,21 +70,8 @@ RESULT_TYPES = (
     "martian",
     "rpfilter",
 )
-#: addr_type() answers, spelled as the addrtype match prints them.
-ADDR_TYPES = (
-    "UNSPEC",
-    "UNICAST",
-    "LOCAL",
-    "BROADCAST",
-    "ANYCAST",
-    "MULTICAST",
-    "BLACKHOLE",
-    "UNREACHABLE",
-    "PROHIBIT",
-    "THROW",
-    "NAT",
-    "XRESOLVE",
-)
+#: addr_type() answers, spelled as the addrtype match prints them (the kernel's route types).
+ADDR_TYPES = tuple(t.upper() for t in RTN_TYPES)
 
 # errno of a route of each error type (fib_props[]) and of each rule action (fib4_rule_action).
 _ROUTE_ERRNO = {"blackhole": "EINVAL", "unreachable": "EHOSTUNREACH", "prohibit": "EACCES"}
@@ -238,6 +225,36 @@ def _proto_number(proto: str | int | None) -> int:
     return _IPPROTO.get(p, -1)
 
 
+def _request_flow(
+    d: IPAddress,
+    s: int,
+    iif: str,
+    oif: str | None,
+    mark: int,
+    tos: int,
+    proto: str | None,
+    sport: int | None,
+    dport: int | None,
+    uid: int | None,
+) -> _Flow:
+    """The flow of a lookup() or route_output() request.  An unknown uid is taken as 0, and the
+    result says so when a uidrange rule looked at it."""
+    return _Flow(
+        "ipv4" if d.version == 4 else "ipv6",
+        int(d),
+        s,
+        iif,
+        oif,
+        mark,
+        tos,
+        _proto_number(proto),
+        sport or 0,
+        dport or 0,
+        uid or 0,
+        uid_note="uid unknown, assumed 0" if uid is None else None,
+    )
+
+
 def _route_text(r: Route, hop: tuple[str | None, str | None] | None = None) -> str:
     parts = [] if r.type == "unicast" else [r.type]
     # as `ip route` prints it: host routes without their /32 (/128)
@@ -381,21 +398,17 @@ class Fib:
         v = self.ctx.sysctls.get(key)
         return v.strip() if v is not None else None
 
+    def _int_sysctl(self, key: str) -> int | None:
+        """An integer sysctl's value as the kernel reads what was written (0x1, 010 ...), None when unknown."""
+        v = self._sysctl(key)
+        return None if v is None else kernel_int(v)
+
     def _conf(self, fam: str, dev: str | None, name: str) -> tuple[int | None, int | None]:
         """(all, dev) values of net.<fam>.conf.*.<name>, None when unknown."""
-
-        def num(v: str | None) -> int | None:
-            if v is None:
-                return None
-            try:
-                return int(v.split()[0], 0)
-            except (ValueError, IndexError):
-                return None
-
-        a = num(self._sysctl(f"net.{fam}.conf.all.{name}"))
-        d = num(self._sysctl(f"net.{fam}.conf.{dev}.{name}")) if dev else None
+        a = self._int_sysctl(f"net.{fam}.conf.all.{name}")
+        d = self._int_sysctl(f"net.{fam}.conf.{dev}.{name}") if dev else None
         if d is None:
-            d = num(self._sysctl(f"net.{fam}.conf.default.{name}"))
+            d = self._int_sysctl(f"net.{fam}.conf.default.{name}")
         return a, d
 
     def _orconf(self, dev: str | None, name: str, default: int = 0) -> bool:
@@ -405,16 +418,16 @@ class Fib:
     def _forwarding(self, iif: str) -> tuple[bool, str | None]:
         """IN_DEV_FORWARD(in_dev): the input device's own forwarding value decides."""
         for key in (f"net.ipv4.conf.{iif}.forwarding", "net.ipv4.ip_forward", "net.ipv4.conf.all.forwarding"):
-            v = self._sysctl(key)
+            v = self._int_sysctl(key)
             if v is not None:
-                return v != "0", key
+                return v != 0, key  # any non-zero value forwards (2 and -1 too)
         return True, None
 
     def _forwarding6(self) -> tuple[bool, str | None]:
         for key in ("net.ipv6.conf.all.forwarding",):
-            v = self._sysctl(key)
+            v = self._int_sysctl(key)
             if v is not None:
-                return v != "0", key
+                return v != 0, key
         return True, None
 
     def _ignore_linkdown(self, dev: str) -> bool:
@@ -671,23 +684,9 @@ class Fib:
     ) -> RouteResult:
         """fib_lookup(): rules then tables. `iif` None means a locally generated packet (rules see lo)."""
         d = self._parse(dst, "destination")
-        fam: Family = "ipv4" if d.version == 4 else "ipv6"
         s = int(self._parse(src, "source")) if src else 0
         notes: list[str] = []
-        flow = _Flow(
-            fam,
-            int(d),
-            s,
-            iif or "lo",
-            oif,
-            mark,
-            tos,
-            _proto_number(proto),
-            sport or 0,
-            dport or 0,
-            uid or 0,
-            uid_note="uid unknown, assumed 0" if uid is None else None,
-        )
+        flow = _request_flow(d, s, iif or "lo", oif, mark, tos, proto, sport, dport, uid)
         out = self._fib_lookup(flow)
         prefsrc = None
         if out.route is not None and out.error is None:
@@ -949,6 +948,8 @@ class Fib:
         a, d = self._conf("ipv4", iif, "rp_filter")
         if a is None and d is None:
             return 0, False
+        # IN_DEV_RPFILTER(): the larger of all and the device; only 1 is strict, any other non-zero
+        # value (2, 3, -1 ...) is loose
         return max(a or 0, d or 0), True
 
     def _validate_source(
@@ -990,7 +991,7 @@ class Fib:
             0,
         )
         res = self._fib_lookup(rev, ignore_linkstate=False)
-        mode = {1: "strict", 2: "loose"}.get(rpf, str(rpf))
+        mode = "strict" if rpf == 1 else "loose"
         back = self._outcome_text(res, src)
         if res.error is not None:
             if rpf:
@@ -1121,9 +1122,10 @@ class Fib:
         if s is not None and s.version != d.version:
             raise InputError(f"source {src} and destination {dst} are not of one family")
         notes: list[str] = []
+        flow = _request_flow(d, int(s) if s is not None else 0, "lo", oif, mark, tos, proto, sport, dport, uid)
         if d.version == 6:
-            return self._route_output6(d, s, oif, mark, tos, proto, sport, dport, uid, anysrc, notes)
-        res = self._route_output4(d, s, oif, mark, tos, proto, sport, dport, uid, anysrc, notes)
+            return self._route_output6(d, s, flow, anysrc, notes)
+        res = self._route_output4(d, s, flow, anysrc, notes)
         if res.ok and res.prefsrc is not None and res.oif not in ("lo", None):
             if ipaddress.IPv4Address(res.prefsrc) in _LOOPBACK4 and not self._orconf(res.oif, "route_localnet"):
                 # __mkroute_output(): a loopback source may only leave through the loopback,
@@ -1137,22 +1139,25 @@ class Fib:
                 )
         return res
 
+    def _output_route(
+        self, out: _Outcome, dst: str, src: str | None, notes: list[str]
+    ) -> tuple[Route, RouteResult | None]:
+        """The route a successful output lookup found, and the result when it is a local route: the
+        packet loops back through lo, from the bound source, else the route's preferred source or the
+        destination itself (both families)."""
+        route = out.route
+        assert route is not None
+        if out.type != "local":
+            return route, None
+        psrc = src or route.prefsrc or dst
+        return route, self._result(out, dst, oif="lo", prefsrc=psrc, notes=notes, use_hop=False)
+
     def _route_output4(
-        self,
-        d: IPAddress,
-        s: IPAddress | None,
-        oif: str | None,
-        mark: int,
-        tos: int,
-        proto: str | None,
-        sport: int | None,
-        dport: int | None,
-        uid: int | None,
-        anysrc: bool,
-        notes: list[str],
+        self, d: IPAddress, s: IPAddress | None, flow: _Flow, anysrc: bool, notes: list[str]
     ) -> RouteResult:
         dst = str(d)
         src = str(s) if s is not None else None
+        oif = flow.oif
         dn = int(d)
         sn = int(s) if s is not None else 0
         if s is not None:
@@ -1189,7 +1194,7 @@ class Fib:
             out_link = self._links.get(oif)
             if out_link is not None and not out_link.up:
                 return self._fail("none", "ENETUNREACH", f"bound to {oif}, which is down", notes)
-            if d in _LOCAL_MCAST4 or dn == _LBCAST or _proto_number(proto) == 2:
+            if d in _LOCAL_MCAST4 or dn == _LBCAST or flow.proto == 2:
                 typ = "broadcast" if dn == _LBCAST else "multicast"
                 psrc = src or self.select_source(oif, None, "link", family="ipv4")
                 return RouteResult(
@@ -1218,9 +1223,6 @@ class Fib:
                 None,
                 notes,
             )
-        proto_n = _proto_number(proto)
-        flow = _Flow("ipv4", dn, sn, "lo", oif, mark, tos, proto_n, sport or 0, dport or 0, uid or 0)
-        flow.uid_note = "uid unknown, assumed 0" if uid is None else None
         out = self._fib_lookup(flow)
         if out.error is not None:
             if oif is not None:
@@ -1240,18 +1242,9 @@ class Fib:
                     [*out.notes, *notes],
                 )
             return self._result(out, dst, notes=notes)
-        route = out.route
-        assert route is not None
-        if out.type == "local":
-            psrc = src or route.prefsrc or dst
-            return self._result(
-                out,
-                dst,
-                oif="lo",
-                prefsrc=psrc,
-                notes=notes,
-                use_hop=False,
-            )
+        route, local = self._output_route(out, dst, src, notes)
+        if local is not None:
+            return local
         psrc = src or self._route_prefsrc(route, out.hop)
         typ = out.type
         if dn == _LBCAST:
@@ -1266,57 +1259,24 @@ class Fib:
         return res
 
     def _route_output6(
-        self,
-        d: IPAddress,
-        s: IPAddress | None,
-        oif: str | None,
-        mark: int,
-        tos: int,
-        proto: str | None,
-        sport: int | None,
-        dport: int | None,
-        uid: int | None,
-        anysrc: bool,
-        notes: list[str],
+        self, d: IPAddress, s: IPAddress | None, flow: _Flow, anysrc: bool, notes: list[str]
     ) -> RouteResult:
         dst = str(d)
+        oif = flow.oif
         if oif is not None and self._links and oif not in self._links:
             return self._fail("none", "ENODEV", f"no device {oif}", notes)
         if s is not None and not anysrc and not self._is_local6(int(s)):
             return self._fail("none", "EADDRNOTAVAIL", f"source {s} is not a local address", notes)
-        flow = _Flow(
-            "ipv6",
-            int(d),
-            int(s) if s else 0,
-            "lo",
-            oif,
-            mark,
-            tos,
-            _proto_number(proto),
-            sport or 0,
-            dport or 0,
-            uid or 0,
-        )
         # ip6_route_output_flags(): the bound device is strict without a source address (and always
         # for link-local, multicast and loopback destinations: rt6_need_strict()); with one it only
         # breaks ties.
         flow.oif_strict = s is None or d.is_multicast or d in _LINK_LOCAL6 or d.is_loopback
-        flow.uid_note = "uid unknown, assumed 0" if uid is None else None
         out = self._fib_lookup(flow)
         if out.error is not None:
             return self._result(out, dst, notes=notes)
-        route = out.route
-        assert route is not None
-        if out.type == "local":
-            psrc = str(s) if s else (route.prefsrc or dst)
-            return self._result(
-                out,
-                dst,
-                oif="lo",
-                prefsrc=psrc,
-                notes=notes,
-                use_hop=False,
-            )
+        route, local = self._output_route(out, dst, str(s) if s is not None else None, notes)
+        if local is not None:
+            return local
         dev = out.hop[1] if out.hop else None
         psrc6: str | None = str(s) if s else (route.prefsrc or self._select_source6(dev, dst))
         typ = "multicast" if d.is_multicast else out.type

@@ -16,12 +16,13 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import json
+import os
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from nftrace.errors import InputError
+from nftrace.errors import InputError, UsageError
 from nftrace.host.model import (
     DEFAULT_IPV4_RULES,
     DEFAULT_IPV6_RULES,
@@ -35,6 +36,8 @@ from nftrace.host.model import (
 )
 
 __all__ = [
+    "RTN_TYPES",
+    "ROUTE_TYPES",
     "AddrInfo",
     "build_host_context",
     "canonical_table",
@@ -46,21 +49,24 @@ __all__ = [
     "parse_sysctls",
 ]
 
-ROUTE_TYPES = frozenset(
-    {
-        "unicast",
-        "local",
-        "broadcast",
-        "multicast",
-        "anycast",
-        "blackhole",
-        "unreachable",
-        "prohibit",
-        "throw",
-        "nat",
-        "xresolve",
-    }
+#: The kernel's route types, indexed by their RTN_* number (include/uapi/linux/rtnetlink.h):
+#: RTN_UNSPEC is 0, RTN_UNICAST 1 ... RTN_XRESOLVE 11.  The addrtype match spells them in capitals.
+RTN_TYPES = (
+    "unspec",
+    "unicast",
+    "local",
+    "broadcast",
+    "anycast",
+    "multicast",
+    "blackhole",
+    "unreachable",
+    "prohibit",
+    "throw",
+    "nat",
+    "xresolve",
 )
+#: The types a route can have (`ip route` prints them; RTN_UNSPEC is none).
+ROUTE_TYPES = frozenset(RTN_TYPES[1:])
 # Route types that, printed without a `table`, live in table local (see parse_routes).
 _LOCAL_TABLE_TYPES = frozenset({"local", "broadcast", "anycast"})
 
@@ -1043,30 +1049,164 @@ def _rules_from_json(text: str, filename: str) -> list[list[_RuleDraft]]:
 # --------------------------------------------------------------------------- sysctls
 
 
+#: The per-interface IPv4 sysctls nftrace reads (net.ipv4.conf.{all,default,IF}.NAME; host/fib.py).
+CONF4_READ = (
+    "forwarding",
+    "rp_filter",
+    "route_localnet",
+    "accept_local",
+    "send_redirects",
+    "src_valid_mark",
+    "ignore_routes_with_linkdown",
+)
+#: Every sysctl nftrace reads: routing, forwarding and source validation (host/fib.py) and the
+#: bridge-netfilter finding (kube/findings.py).  Others change no trace.
+READ_SYSCTLS = (
+    "net.ipv4.ip_forward",
+    *(f"net.ipv4.conf.{{all,default,IF}}.{name}" for name in CONF4_READ),
+    "net.ipv6.conf.all.forwarding",
+    "net.bridge.bridge-nf-call-iptables",
+)
+_CONF4 = "|".join(CONF4_READ)
+_READ_TEXT = (
+    f"net.ipv4.ip_forward, net.ipv4.conf.{{all,default,IF}}.{{{','.join(CONF4_READ)}}}, "
+    "net.ipv6.conf.all.forwarding and net.bridge.bridge-nf-call-iptables"
+)
+_READ_RE = re.compile(
+    rf"net\.ipv4\.ip_forward|net\.ipv4\.conf\.\S+\.(?:{_CONF4})|net\.ipv6\.conf\.all\.forwarding"
+    r"|net\.bridge\.bridge-nf-call-iptables"
+)
+# Integer sysctls whose values are checked as the kernel checks a write.  On kernel 6.18 each is a
+# plain proc_dointvec() integer with no range (ip_forward=2 and rp_filter=-1 are stored as written);
+# the bridge-netfilter ones store any non-zero value as 1.  (tests/test_host_parse.py writes them in
+# a namespace.)
+_INT_RE = re.compile(
+    rf"net\.ipv4\.ip_forward|net\.ipv4\.conf\.\S+\.(?:{_CONF4})|net\.ipv6\.conf\.\S+\.forwarding"
+    r"|(?P<bool>net\.bridge\.bridge-nf-call-ip6?tables)"
+)
+_PROC_INT = re.compile(r"(-?)(0[xX][0-9a-fA-F]+|[0-9]+)(?:[ \t\n].*)?", re.S)
+
+
+def kernel_int(text: str) -> int | None:
+    """The integer the kernel stores when `text` is written to an integer sysctl, None when the
+    write fails with EINVAL (proc_dointvec(), proc_get_long()).
+
+    Leading white space is skipped; the number is C-style (0x hex, a leading 0 octal), may be
+    negative, has fewer than 21 characters with its sign, fits a C int and ends at a blank, a tab,
+    a newline or the end (anything after that is ignored): `1 2` is 1, `+1`, `1,2`, `08` and
+    `2147483648` are refused."""
+    t = text.lstrip(" \t\n\v\f\r")
+    m = _PROC_INT.fullmatch(t)
+    if m is None:
+        return None
+    sign, num = m.groups()
+    if len(sign) + len(num) >= 21:
+        return None
+    if num[:2].lower() == "0x":
+        n = int(num, 16)
+    elif len(num) > 1 and num[0] == "0":
+        if "8" in num or "9" in num:
+            return None
+        n = int(num, 8)
+    else:
+        n = int(num)
+    if sign:
+        n = -n
+    return n if -(2**31) <= n < 2**31 else None
+
+
+def _sysctl_hint(key: str) -> str:
+    name = key.rsplit(".", 1)[-1]
+    if name in ("forwarding", "ip_forward"):
+        return "0 (off) or 1 (on)"
+    if name == "rp_filter":
+        return "0 (off), 1 (strict) or 2 (loose)"
+    return "0 or 1"
+
+
+def sysctl_value(key: str, value: str) -> str:
+    """`value` as the kernel stores it for `key` when nftrace reads that sysctl as an integer (in
+    decimal: `0x1` and `01` are `1`); other keys' values with their white space folded.  ValueError
+    (its message says what the kernel takes) when the kernel refuses the value."""
+    m = _INT_RE.fullmatch(key)
+    if m is None:
+        return " ".join(value.split())
+    n = kernel_int(value)
+    if n is None:
+        raise ValueError(
+            f"the kernel refuses {value.strip()!r} for {key} (EINVAL): it takes a whole number from "
+            f"-2147483648 to 2147483647, {_sysctl_hint(key)}"
+        )
+    if m.group("bool"):
+        return "1" if n else "0"
+    return str(n)
+
+
+def sysctl_is_read(key: str) -> bool:
+    """Whether nftrace reads this sysctl (a dotted key, interface names literal)."""
+    return _READ_RE.fullmatch(key) is not None
+
+
+def check_sysctl_flags(items: Iterable[str]) -> None:
+    """UsageError for a `--sysctl KEY=VALUE` flag whose key nftrace does not read (it would change
+    nothing; a bare `ip_forward` is no sysctl) or whose value the kernel refuses.  Items without `=`
+    name files and are read later (parse_sysctls)."""
+    for item in items:
+        if "=" not in item:
+            continue
+        for key in parse_sysctls([item], "--sysctl"):
+            if sysctl_is_read(key):
+                continue
+            # the sysctl of the same name, of the same family when there are two
+            name = key.rsplit(".", 1)[-1]
+            alike = [r.replace("{all,default,IF}", "all") for r in READ_SYSCTLS if r.rsplit(".", 1)[-1] == name]
+            guess = max(alike, key=lambda r: len(os.path.commonprefix([r, key])), default=None)
+            hint = f" (did you mean {guess}?)" if guess else ""
+            raise UsageError(f"--sysctl {item.strip()}: nftrace does not read {key}{hint}; it reads {_READ_TEXT}")
+
+
 def parse_sysctls(items: list[str], filename: str | None = None) -> dict[str, str]:
     """`key = value` lines (sysctl -a, sysctl.conf) or `key=value` flags -> {dotted key: value}.
 
     Keys are dotted with interface names literal: `net/ipv4/conf/eth0.100/rp_filter` and
     `sysctl -a`'s `net.ipv4.conf.eth0/100.rp_filter` both become `net.ipv4.conf.eth0.100.rp_filter`.
+    The values of the sysctls nftrace reads are checked as the kernel checks them (sysctl_value):
+    a value the kernel refuses is an error naming the file and line (`--sysctl KEY=VALUE` when
+    `filename` is "--sysctl": a UsageError), except on a sysctl.conf line starting with `-`, whose
+    errors sysctl(8) ignores: that key is then not set.
     """
     out: dict[str, str] = {}
     lineno = 0
+    flag = filename == "--sysctl"
+
+    def error(why: str, line: str) -> Exception:
+        if flag:
+            return UsageError(f"--sysctl {line}: {why}")
+        return InputError(why, file=filename, line=lineno)
+
     for item in items:
         for raw in item.splitlines() or [""]:
             lineno += 1
             line = raw.strip()
             if not line or line.startswith(("#", ";")):
                 continue
-            if line.startswith("-"):  # sysctl.conf: ignore errors on this key
+            ignore_errors = line.startswith("-")
+            if ignore_errors:  # sysctl.conf: ignore errors on this key
                 line = line[1:].lstrip()
             key, sep, val = line.partition("=")
             key = key.strip()
             if not sep or not key or any(c.isspace() for c in key):
-                why = f"bad sysctl line (expected key = value): {line[:60]!r}"
-                raise InputError(why, file=filename, line=lineno)
+                raise error(f"bad sysctl line (expected key = value): {line[:60]!r}", line)
             if key.startswith("/proc/sys/"):
                 key = key[len("/proc/sys/") :]
-            out[key.replace("/", ".")] = " ".join(val.split())
+            key = key.replace("/", ".")
+            try:
+                value = sysctl_value(key, val)
+            except ValueError as e:
+                if ignore_errors:
+                    continue
+                raise error(str(e), line) from None
+            out[key] = value
     return out
 
 
@@ -1317,13 +1457,15 @@ def build_host_context(
     rules_file: str | None = None,
     sysctls: list[str] | None = None,
     local_addrs: list[str] | None = None,
+    sysctl_files: list[str] | None = None,
 ) -> HostContext:
     """The host context from the files and flags given on the command line.
 
-    `sysctls` items are `key=value` strings or names of files holding such lines (`sysctl -a`).
+    `sysctls` items are `key=value` strings or names of files holding such lines (`sysctl -a`);
+    `sysctl_files` are files of such lines (a rulesets/ directory's sysctl.txt), read first.
     """
     ctx = HostContext()
-    given = any(x for x in (routes_file, addrs_file, rules_file, sysctls, local_addrs))
+    given = any(x for x in (routes_file, addrs_file, rules_file, sysctls, local_addrs, sysctl_files))
     ctx.empty = not given
     if not given:
         ctx.provenance.append("no host context given")
@@ -1333,6 +1475,8 @@ def build_host_context(
         ctx.routes = parse_routes(_read(routes_file, "routes"), routes_file)
     if rules_file is not None:
         ctx.rules = parse_ip_rules(_read(rules_file, "ip rules"), rules_file)
+    for path in sysctl_files or ():
+        ctx.sysctls.update(parse_sysctls([_read(path, "sysctls")], path))
     if sysctls:
         for item in sysctls:
             if "=" not in item and "\n" not in item:
