@@ -54,7 +54,8 @@ tests/test_kernelhost.py):
   built-in chain of a loaded table (iptables-nft only creates, and the kernel only
   traverses, the base chains the dump declares or uses).
 * Conntrack runs in a netns only once something needs it (a NAT target, -m
-  conntrack/state, CT, CONNMARK ...): a nat table whose rules never NAT is then
+  conntrack/state, CT --zone/--helper (not --notrack), CONNMARK ...; the list is
+  tests/test_kernel_gaps.py's): a nat table whose rules never NAT is then
   not traversed at all. Untracked packets skip nat. A dropped packet's conntrack
   entry is never confirmed (``ct`` None); a SYN answered by a RST is deleted at
   once.

@@ -633,25 +633,47 @@ def parse_hmark(items: list[Option], ctx: ParseCtx) -> TargetSpec:
     for req in ("hmark-mod", "hmark-rnd"):
         if not o.has(req):
             raise ctx.error(f'HMARK: option "--{req}" must be specified')
-    if o.has("hmark-spi-mask") and (o.has("hmark-sport-mask") or o.has("hmark-dport-mask")):
-        raise ctx.error("HMARK: --hmark-spi-mask cannot be used with --hmark-sport-mask/--hmark-dport-mask")
     full = 32 if ctx.family == "ipv4" else 128
+    # --hmark-tuple a,b: each name (any case) sets its option to the full mask, as if written there
+    # (libxt_HMARK; checked with iptables-restore 1.8.9: a later explicit option is "used twice")
+    by_tuple = {"src": ("hmark-src-prefix", full), "dst": ("hmark-dst-prefix", full),
+                "sport": ("hmark-sport-mask", 0xFFFF), "dport": ("hmark-dport-mask", 0xFFFF),
+                "spi": ("hmark-spi-mask", 0xFFFFFFFF), "proto": ("hmark-proto-mask", 0xFFFF)}  # fmt: skip
+    chosen: dict[str, int | str] = {}  # option -> value from the tuple (int) or as written (str)
+    from_tuple: set[str] = set()
+    ct = False
+    for it in items:
+        if it.name == "hmark-tuple":
+            for part in it.values[0].split(","):
+                name = part.lower()
+                if name == "ct":
+                    ct = True
+                elif name in by_tuple:
+                    opt, full_mask = by_tuple[name]
+                    chosen[opt] = full_mask
+                    from_tuple.add(opt)
+                else:
+                    raise ctx.error(f"HMARK: --hmark-tuple: bad type {part!r} (ct, src, dst, sport, dport, spi, proto)")
+        elif it.name in from_tuple:
+            raise ctx.error(f"HMARK: --{it.name} is already set by --hmark-tuple")
+        elif it.values:
+            chosen[it.name] = it.values[0]
+    if "hmark-spi-mask" in chosen and ("hmark-sport-mask" in chosen or "hmark-dport-mask" in chosen):
+        raise ctx.error("HMARK: --hmark-spi-mask cannot be used with --hmark-sport-mask/--hmark-dport-mask")
     parts = ["-j HMARK"]
     fmts = (("hmark-src-prefix", "d", full), ("hmark-dst-prefix", "d", full), ("hmark-sport-mask", "#06x", 0xFFFF),
             ("hmark-dport-mask", "#06x", 0xFFFF), ("hmark-spi-mask", "#010x", 0xFFFFFFFF),
             ("hmark-proto-mask", "#04x", 0xFFFF), ("hmark-rnd", "#010x", 0xFFFFFFFF), ("hmark-mod", "d", 0xFFFFFFFF),
             ("hmark-offset", "d", 0xFFFFFFFF))  # fmt: skip
     for n, fmt, hi in fmts:
-        v = o.value(n)
-        if v is not None:
-            num = uint(ctx, "HMARK", n, v, 0, hi)
-            if n == "hmark-mod" and num == 0:
-                raise ctx.error("HMARK: --hmark-mod cannot be 0")
-            parts.append(f"--{n} {num:{fmt}}")
-    t = o.value("hmark-tuple")
-    if t is not None:
-        if t != "ct":
-            raise ctx.error("HMARK: --hmark-tuple takes 'ct'")
+        c = chosen.get(n)
+        if c is None:
+            continue
+        num = uint(ctx, "HMARK", n, c, 0, hi) if isinstance(c, str) else c
+        if n == "hmark-mod" and num == 0:
+            raise ctx.error("HMARK: --hmark-mod cannot be 0")
+        parts.append(f"--{n} {num:{fmt}}")
+    if ct:
         parts.append("--hmark-tuple ct")
     text = " ".join(parts)
     return _cont("HMARK", text, unknown=f"{text}: sets the mark from a hash nftrace does not compute")
