@@ -940,6 +940,16 @@ def parse_rules(text: str, filename: str = "<rules>", family: str | None = None,
 
 def _parse_rules(text: str, filename: str, family: str | None, *, strict: bool, shapes: bool = True) -> Ruleset:
     """parse_rules without the cache; shapes=False parses every line in full (the reference)."""
+    # the section caches share parsed sections within one dump; emptied after it, so they hold
+    # nothing of a dump once its Ruleset is gone
+    try:
+        return _parse_text(text, filename, family, strict, shapes)
+    finally:
+        _SECTION_CACHE.clear()
+        _BASIC_CACHE.clear()
+
+
+def _parse_text(text: str, filename: str, family: str | None, strict: bool, shapes: bool) -> Ruleset:
     registry.load_extensions()
     keep = _keep_words()
     shapes_on = shapes
