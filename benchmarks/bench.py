@@ -11,8 +11,11 @@ Each size is measured in a fresh worker process (so peak RSS is that size's own)
   (building every chain index eagerly; a trace builds them lazily), peak RSS;
 - one packet through the engine API (packet_from_dict + Engine.trace + to_json): median and
   p99 for a ClusterIP hit, a NodePort hit and a miss, with the index and linearly;
-- a batch of 10,000 packets through the engine API, and through `nftrace explain --batch`
-  end to end (a new process: parse, kube catalogue, traces, JSON out);
+- a batch of 10,000 packets through the engine API, the same with the kube annotations and
+  findings explain adds, and through `nftrace explain --batch` end to end (a new process:
+  parse, kube catalogue, traces, JSON out);
+- the kube catalogue: its build (the entry points; each Service reads its own chains on first
+  use), and reading every Service (what `nftrace services` prints);
 - `iptables-restore --test` on the same file, in a throwaway network namespace
   `nft-bench-<hex>` (deleted in `finally`), checked to leave the namespace's rules empty.
 
@@ -150,11 +153,26 @@ def worker(d: Path, packets: int, linear_packets: int, catalog: bool, parse_only
     res["batch_n"] = len(lines)
     res["maxrss_engine_mb"] = _maxrss_mb()
     if catalog:
+        from nftrace.kube.annotate import annotate
         from nftrace.kube.catalog import build_catalog
+        from nftrace.kube.findings import findings
 
         t = time.perf_counter()
-        build_catalog(rs, host, None)
+        cat = build_catalog(rs, host, None)
         res["catalog_s"] = time.perf_counter() - t
+        # the same batch, each trace named and diagnosed as `explain` does (Services read on first use)
+        t = time.perf_counter()
+        for line in lines:
+            p, o = packet_from_dict(json.loads(line))
+            doc = engine.trace(p, o).to_json()
+            annotate(doc, cat)
+            doc["findings"] = findings(doc, cat, host)
+            json.dumps(doc)
+        res["batch_kube_s"] = time.perf_counter() - t
+        # every Service read (what `nftrace services` does before printing)
+        t = time.perf_counter()
+        build_catalog(rs, host, None).to_json()
+        res["catalog_full_s"] = time.perf_counter() - t
         res["maxrss_catalog_mb"] = _maxrss_mb()
     return res
 
@@ -360,9 +378,11 @@ def report(m: dict[str, Any], sizes: list[dict[str, Any]], st: dict[str, Any] | 
         row(f"{kind}: median / p99 (ms)", lambda s, k=kind: f"{s['w'][k]['median_ms']:.3f} / {s['w'][k]['p99_ms']:.3f}")
         row(f"{kind}, linear walk: median (ms)", lambda s, k=kind: f"{s['w'][k + '_linear']['median_ms']:.3f}")
     row("10,000 packets, engine API (s)", lambda s: _f(s["w"]["batch_engine_s"]))
+    row("  and kube names + findings (s)", lambda s: _f(s["w"].get("batch_kube_s")))
     row("10,000 packets, explain --batch (s)", lambda s: _f(s.get("cli", {}).get("wall_s")))
     row("  its peak RSS (MB)", lambda s: _f(s.get("cli", {}).get("rss_mb"), nd=0))
-    row("kube catalogue build (s)", lambda s: _f(s["w"].get("catalog_s")))
+    row("kube catalogue build (s)", lambda s: _f(s["w"].get("catalog_s"), nd=3))
+    row("  every Service read, to_json (s)", lambda s: _f(s["w"].get("catalog_full_s")))
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
 
     def fmt(r: list[str]) -> str:

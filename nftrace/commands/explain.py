@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 from typing import Any
@@ -80,9 +81,36 @@ def _kube(doc: dict[str, Any], catalog: Any, host: Any) -> None:
     doc["findings"] = findings(doc, catalog, host)
 
 
+def _batch(args: argparse.Namespace, src: str, engine: Any, catalog: Any, host: Any) -> None:
+    """One trace JSON per line of `src` (one error object per bad line), to stdout."""
+    from nftrace.engine.packet import packet_from_dict
+    from nftrace.engine.pipeline import SCHEMA
+
+    out = sys.stdout
+    for n, line in enumerate(src.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            try:
+                d = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"not JSON: {e.msg}", file=args.batch, line=n) from None
+            if not isinstance(d, dict):
+                raise InputError("each line must be a JSON object", file=args.batch, line=n)
+            pkt, origin = packet_from_dict(d, file=args.batch)
+            check_oif(pkt, origin, host)
+            doc = engine.trace(pkt, origin).to_json()
+            _kube(doc, catalog, host)
+        except NftraceError as e:
+            if e.file is None:  # the engine's errors (an unknown interface ...) name the batch line too
+                e.file, e.line = args.batch, n
+            doc = {"schema": SCHEMA, "error": e.one_line().removeprefix("nftrace: "), "line": n}
+        out.write(json.dumps(doc) + "\n")
+
+
 def run(args: argparse.Namespace) -> int:
     from nftrace.engine.packet import packet_from_dict
-    from nftrace.engine.pipeline import SCHEMA, Engine
+    from nftrace.engine.pipeline import Engine
     from nftrace.engine.walker import WalkOptions
     from nftrace.kube.catalog import build_catalog
 
@@ -97,26 +125,13 @@ def run(args: argparse.Namespace) -> int:
     flow = _service_flow(args, catalog, host)
     if args.batch:
         src = _read(args.batch, "batch file")
-        out = sys.stdout
-        for n, line in enumerate(src.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                try:
-                    d = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise InputError(f"not JSON: {e.msg}", file=args.batch, line=n) from None
-                if not isinstance(d, dict):
-                    raise InputError("each line must be a JSON object", file=args.batch, line=n)
-                pkt, origin = packet_from_dict(d, file=args.batch)
-                check_oif(pkt, origin, host)
-                doc = engine.trace(pkt, origin).to_json()
-                _kube(doc, catalog, host)
-            except NftraceError as e:
-                if e.file is None:  # the engine's errors (an unknown interface ...) name the batch line too
-                    e.file, e.line = args.batch, n
-                doc = {"schema": SCHEMA, "error": e.one_line().removeprefix("nftrace: "), "line": n}
-            out.write(json.dumps(doc) + "\n")
+        # the parsed rules and the catalogue live until the end: keep the collector from walking their
+        # millions of objects again at every collection the traces' own garbage sets off
+        gc.freeze()
+        try:
+            _batch(args, src, engine, catalog, host)
+        finally:
+            gc.unfreeze()
         return 0
     d = flow.packet if flow is not None else packet_dict(args)
     pkt, origin = packet_from_dict(d)

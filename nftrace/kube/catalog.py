@@ -25,13 +25,21 @@ applies (userspace stores round(p * 2^31), the kernel compares 31 random bits,
 see nftrace.ruleset.ext.misc.kernel_probability), and the cascade is computed
 with rational arithmetic, so a Service's endpoint shares sum to 1 exactly when
 its chain always ends in a DNAT.
+
+At 10,000 Services (115,000 rules) reading everything takes seconds, and a trace
+needs a few Services: `build_catalog` reads the entry points (which Services
+exist, their addresses and ports, the names of the entry rules) and each
+Service reads its own chains on first use.  The result is the same as reading
+everything at once; `Catalog.to_json` does.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import ipaddress
 import re
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
@@ -58,7 +66,11 @@ IPVS_SETS = ("KUBE-CLUSTER-IP", "KUBE-LOOP-BACK", "KUBE-EXTERNAL-IP", "KUBE-EXTE
              "KUBE-NODE-PORT-LOCAL-TCP", "KUBE-NODE-PORT-UDP", "KUBE-NODE-PORT-LOCAL-UDP",
              "KUBE-NODE-PORT-SCTP-HASH", "KUBE-NODE-PORT-LOCAL-SCTP-HASH", "KUBE-HEALTH-CHECK-NODE-PORT",
              "KUBE-IPVS-IPS", "KUBE-IPVS-IPS-V6")  # fmt: skip
+_KINDS = ("KUBE-SVC-", "KUBE-SEP-", "KUBE-PORTALS-", "KUBE-XLB-", "KUBE-EXT-", "KUBE-SVL-", "KUBE-NODEPORT-")
 _AFFINITY_OPTS = ("rcheck", "update")
+_ZERO = Fraction(0)  # immutable: shared
+_ARROW = re.compile(r"->\s*(\S+)")
+_NOT_SOURCE = re.compile(r"! -s (\S+)")
 # options that do not make a rule conditional for the load-balancing walk
 _NEUTRAL = frozenset({"comment", "protocol", "mode", "probability", "every", "packet", "set", "name", "mask",
                       "rsource", "rdest", "reap", "fragment"})  # fmt: skip
@@ -66,6 +78,8 @@ _NEUTRAL = frozenset({"comment", "protocol", "mode", "probability", "every", "pa
 
 def hash_of(chain: str) -> str | None:
     """The service/endpoint hash of a kube-proxy chain name (KUBE-SVC-ABC -> ABC)."""
+    if not chain.startswith(_HASHED):
+        return None
     for p in _HASHED:
         if chain.startswith(p):
             return chain[len(p) :]
@@ -107,19 +121,58 @@ def _fmt_prob(p: Fraction) -> float:
 # ---------------------------------------------------------------------------- model
 
 
-@dataclass
 class Endpoint:
-    ip: str
-    port: int | None
-    probability: Fraction
-    chain: str  # the KUBE-SEP chain (or the chain whose rule DNATs)
-    local: bool | None = None
-    rule: int | None = None  # position of the rule in the service chain that picks it
-    dnat_rule: int | None = None  # position of the DNAT rule in `chain`
+    """One endpoint of a Service: where its share of new connections is DNATed to."""
+
+    __slots__ = ("ip", "port", "probability", "chain", "rule", "dnat_rule", "_local", "_where")
+
+    def __init__(
+        self,
+        ip: str,
+        port: int | None,
+        probability: Fraction,
+        chain: str,  # the KUBE-SEP chain (or the chain whose rule DNATs)
+        local: bool | None = None,
+        rule: int | None = None,  # position of the rule in the service chain that picks it
+        dnat_rule: int | None = None,  # position of the DNAT rule in `chain`
+    ) -> None:
+        self.ip = ip
+        self.port = port
+        self.probability = probability
+        self.chain = chain
+        self.rule = rule
+        self.dnat_rule = dnat_rule
+        self._local = local
+        self._where: Callable[[str], bool | None] | None = None
+
+    @property
+    def local(self) -> bool | None:
+        """Whether the endpoint is on this node (None: unknown); from the routes, asked on first use."""
+        if self._where is not None:
+            where, self._where = self._where, None
+            self._local = where(self.ip)
+        return self._local
+
+    @local.setter
+    def local(self, value: bool | None) -> None:
+        self._where = None
+        self._local = value
 
     @property
     def address(self) -> str:
         return endpoint_text(self.ip, self.port)
+
+    def _key(self) -> tuple[Any, ...]:
+        return (self.ip, self.port, self.probability, self.chain, self.local, self.rule, self.dnat_rule)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Endpoint) and self._key() == other._key()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclass it replaces
+
+    def __repr__(self) -> str:
+        return (f"Endpoint(ip={self.ip!r}, port={self.port!r}, probability={self.probability!r}, "
+                f"chain={self.chain!r}, local={self.local!r}, rule={self.rule!r}, dnat_rule={self.dnat_rule!r})")  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -145,34 +198,161 @@ class Masquerade:
                 "reason": self.reason}  # fmt: skip
 
 
-@dataclass
 class Service:
-    name: str
-    proto: str | None = None
-    cluster_ip: str | None = None
-    port: int | None = None
-    node_port: int | None = None
-    health_check_node_port: int | None = None
-    localhost_node_port: bool = False
-    external_ips: list[str] = field(default_factory=list)
-    lb_ips: list[str] = field(default_factory=list)
-    source_ranges: list[str] = field(default_factory=list)
-    affinity: dict[str, Any] | None = None
-    internal_policy: str | None = None  # Cluster | Local
-    external_policy: str | None = None  # Cluster | Local | None (no external entry point)
-    endpoints: list[Endpoint] = field(default_factory=list)
-    local_endpoints: list[Endpoint] = field(default_factory=list)
-    fallthrough: Fraction = Fraction(0)  # share of new connections leaving the service chain un-DNATed
-    dropped: Fraction = Fraction(0)  # share marked for drop (KUBE-MARK-DROP) in the service chain
-    no_endpoints: bool = False
-    no_local_endpoints: bool = False
-    masquerade: list[Masquerade] = field(default_factory=list)
-    chains: dict[str, str] = field(default_factory=dict)
-    hash: str | None = None
+    """One Service port.
+
+    What its entry rules say (name, protocol, addresses, ports: the fields set in __init__) is read
+    when the catalogue is built; what its own chains say (endpoints and their shares, affinity,
+    masquerade rules, traffic policies, source ranges: the properties) is read on first use of any
+    of them, so a catalogue of 10,000 Services is cheap when a trace needs only a few."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.proto: str | None = None
+        self.cluster_ip: str | None = None
+        self.port: int | None = None
+        self.node_port: int | None = None
+        self.health_check_node_port: int | None = None
+        self.localhost_node_port = False
+        self.external_ips: list[str] = []
+        self.lb_ips: list[str] = []
+        self.no_endpoints = False
+        self.hash: str | None = None
+        self._source_ranges: list[str] = []
+        self._affinity: dict[str, Any] | None = None
+        self._internal_policy: str | None = None  # Cluster | Local
+        self._external_policy: str | None = None  # Cluster | Local | None (no external entry point)
+        self._endpoints: list[Endpoint] = []
+        self._local_endpoints: list[Endpoint] = []
+        self._fallthrough = _ZERO  # share of new connections leaving the service chain un-DNATed
+        self._dropped = _ZERO  # share marked for drop (KUBE-MARK-DROP) in the service chain
+        self._no_local_endpoints = False
+        self._masquerade: list[Masquerade] = []
+        self._chains: dict[str, str] = {}
+        self._order = 0  # position in the order the rules named the services
+        self._pending: _Builder | None = None  # reads the service's chains on first use
+        self._masq_pending: _Builder | None = None  # and its masquerade rules on theirs
+
+    def _resolve(self) -> None:
+        b = self._pending
+        if b is not None:
+            self._pending = None
+            with _QuietGC():
+                b.details(self)
+
+    @property
+    def source_ranges(self) -> list[str]:
+        self._resolve()
+        return self._source_ranges
+
+    @source_ranges.setter
+    def source_ranges(self, value: list[str]) -> None:
+        self._source_ranges = value
+
+    @property
+    def affinity(self) -> dict[str, Any] | None:
+        self._resolve()
+        return self._affinity
+
+    @affinity.setter
+    def affinity(self, value: dict[str, Any] | None) -> None:
+        self._affinity = value
+
+    @property
+    def internal_policy(self) -> str | None:
+        self._resolve()
+        return self._internal_policy
+
+    @internal_policy.setter
+    def internal_policy(self, value: str | None) -> None:
+        self._internal_policy = value
+
+    @property
+    def external_policy(self) -> str | None:
+        self._resolve()
+        return self._external_policy
+
+    @external_policy.setter
+    def external_policy(self, value: str | None) -> None:
+        self._external_policy = value
+
+    @property
+    def endpoints(self) -> list[Endpoint]:
+        self._resolve()
+        return self._endpoints
+
+    @endpoints.setter
+    def endpoints(self, value: list[Endpoint]) -> None:
+        self._endpoints = value
+
+    @property
+    def local_endpoints(self) -> list[Endpoint]:
+        self._resolve()
+        return self._local_endpoints
+
+    @local_endpoints.setter
+    def local_endpoints(self, value: list[Endpoint]) -> None:
+        self._local_endpoints = value
+
+    @property
+    def fallthrough(self) -> Fraction:
+        self._resolve()
+        return self._fallthrough
+
+    @fallthrough.setter
+    def fallthrough(self, value: Fraction) -> None:
+        self._fallthrough = value
+
+    @property
+    def dropped(self) -> Fraction:
+        self._resolve()
+        return self._dropped
+
+    @dropped.setter
+    def dropped(self, value: Fraction) -> None:
+        self._dropped = value
+
+    @property
+    def no_local_endpoints(self) -> bool:
+        self._resolve()
+        return self._no_local_endpoints
+
+    @no_local_endpoints.setter
+    def no_local_endpoints(self, value: bool) -> None:
+        self._no_local_endpoints = value
+
+    def _resolve_masquerade(self) -> None:
+        self._resolve()
+        b = self._masq_pending
+        if b is not None:  # a trace never needs them: read on their own first use
+            self._masq_pending = None
+            with _QuietGC():
+                b.masquerades(self)
+
+    @property
+    def masquerade(self) -> list[Masquerade]:
+        self._resolve_masquerade()
+        return self._masquerade
+
+    @masquerade.setter
+    def masquerade(self, value: list[Masquerade]) -> None:
+        self._masquerade = value
+
+    @property
+    def chains(self) -> dict[str, str]:
+        self._resolve()
+        return self._chains
+
+    @chains.setter
+    def chains(self, value: dict[str, str]) -> None:
+        self._chains = value
 
     @property
     def namespace(self) -> str | None:
         return self.name.split("/", 1)[0] if "/" in self.name else None
+
+    def __repr__(self) -> str:
+        return f"Service(name={self.name!r}, proto={self.proto!r}, cluster_ip={self.cluster_ip!r}, port={self.port!r})"
 
     def to_json(self) -> dict[str, Any]:
         policy: dict[str, Any] = {"internal": self.internal_policy, "external": self.external_policy}
@@ -246,35 +426,140 @@ class RuleName:
     endpoint: str | None = None
 
 
-@dataclass
+RuleKey = tuple[str, str, int]  # (table, chain, rule position)
+
+
+def _propose(names: dict[RuleKey, RuleName], key: RuleKey, service: str, endpoint: str | None) -> bool:
+    """A rule named twice keeps its first name, unless only the later one names an endpoint."""
+    cur = names.get(key)
+    if cur is None or (endpoint and not cur.endpoint):
+        names[key] = RuleName(service, endpoint)
+        return True
+    return False
+
+
+def _fold(names: dict[Any, RuleName], key: Any, name: RuleName) -> None:
+    """_propose with a RuleName made already."""
+    cur = names.get(key)
+    if cur is None or (name.endpoint and not cur.endpoint):
+        names[key] = name
+
+
+class RuleNames(Mapping[RuleKey, RuleName]):
+    """(table, chain, rule) -> RuleName.  While the catalogue is still lazy, asking for a rule of a
+    Service's own chain (KUBE-SVC/SVL/EXT/FW/XLB/SEP) reads just the Services that can name it."""
+
+    def __init__(self) -> None:
+        self._data: dict[RuleKey, RuleName] = {}
+        self._builder: _Builder | None = None
+
+    def get(self, key: RuleKey, default: Any = None) -> Any:
+        b = self._builder
+        if b is None:
+            n = self._data.get(key)
+        else:
+            names = b._chain_names.get(key[:2])  # the names of the rule's chain, once they are read
+            n = names.get(key[2]) if names is not None else b.rule_name(key)
+        return default if n is None else n
+
+    def __getitem__(self, key: RuleKey) -> RuleName:
+        n = self.get(key)
+        if n is None:
+            raise KeyError(key)
+        return n  # type: ignore[no-any-return]
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, tuple) and len(key) == 3 and self.get(key) is not None
+
+    def _complete(self) -> dict[RuleKey, RuleName]:
+        if self._builder is not None:
+            self._builder.finish()
+        return self._data
+
+    def __iter__(self) -> Iterator[RuleKey]:
+        return iter(self._complete())
+
+    def __len__(self) -> int:
+        return len(self._complete())
+
+    def __bool__(self) -> bool:
+        b = self._builder
+        if b is not None:
+            if b.names_first or b.names_last:
+                return True
+            if not b.created:
+                return False  # no Service: nothing else names a rule
+        return len(self) > 0
+
+    def __repr__(self) -> str:
+        return f"RuleNames({self._complete()!r})"
+
+
 class Catalog:
-    mode: str | None = None  # iptables | ipvs | None (no kube-proxy rules)
-    layout: str | None = None
-    cluster_cidrs: list[str] = field(default_factory=list)
-    masq_mark: str | None = None
-    services: list[Service] = field(default_factory=list)
-    docker: list[DockerPort] = field(default_factory=list)
-    ipvs: dict[str, Any] | None = None
-    warnings: list[str] = field(default_factory=list)
-    rule_names: dict[tuple[str, str, int], RuleName] = field(default_factory=dict)
+    """The Services and Docker ports a dump implies (see build_catalog).
+
+    `services` (sorted by name), `mode`, `layout`, `masq_mark`, `docker` and `ipvs` are read when the
+    catalogue is built; each Service reads its own chains on first use; `warnings`, `cluster_cidrs`
+    and iterating `rule_names` read every Service."""
+
+    def __init__(self) -> None:
+        self.mode: str | None = None  # iptables | ipvs | None (no kube-proxy rules)
+        self.layout: str | None = None
+        self.masq_mark: str | None = None
+        self.services: list[Service] = []
+        self.docker: list[DockerPort] = []
+        self.ipvs: dict[str, Any] | None = None
+        self._cluster_cidrs: list[str] = []
+        self._warnings: list[str] = []
+        self._rule_names = RuleNames()
+        self._builder: _Builder | None = None
+        self._index: dict[str, dict[Any, list[Service]]] | None = None
+        self._index_n = -1
+        self._ep_index: dict[str, list[Service]] | None = None
+        self._ep_index_n = -1
+
+    def _complete(self) -> None:
+        if self._builder is not None:
+            self._builder.finish()
+
+    @property
+    def cluster_cidrs(self) -> list[str]:
+        self._complete()
+        return self._cluster_cidrs
+
+    @cluster_cidrs.setter
+    def cluster_cidrs(self, value: list[str]) -> None:
+        self._cluster_cidrs = value
+
+    @property
+    def warnings(self) -> list[str]:
+        self._complete()
+        return self._warnings
+
+    @warnings.setter
+    def warnings(self, value: list[str]) -> None:
+        self._warnings = value
+
+    @property
+    def rule_names(self) -> RuleNames:
+        return self._rule_names
+
+    def __repr__(self) -> str:
+        return f"Catalog(mode={self.mode!r}, layout={self.layout!r}, services={len(self.services)}, docker={len(self.docker)})"
 
     def _lookup(self) -> dict[str, dict[Any, list[Service]]]:
-        """Indexes of the services, built once (findings ask per packet; 10k services);
-        rebuilt if the list of services changed size."""
-        cached = self.__dict__.get("_index")
-        if cached is not None and self.__dict__.get("_index_n") == len(self.services):
-            return cached  # type: ignore[no-any-return]
-        idx: dict[str, dict[Any, list[Service]]] = {"name": {}, "cip": {}, "addr": {}, "np": {}, "ep": {}}
+        """Indexes of the services by what their entry rules say, built once (findings ask per
+        packet; 10k services); rebuilt if the list of services changed size."""
+        if self._index is not None and self._index_n == len(self.services):
+            return self._index
+        idx: dict[str, dict[Any, list[Service]]] = {"name": {}, "cip": {}, "addr": {}, "np": {}}
         for s in self.services:
             idx["name"].setdefault(s.name, []).append(s)
             idx["cip"].setdefault(s.cluster_ip, []).append(s)
             for a in dict.fromkeys([s.cluster_ip, *s.external_ips, *s.lb_ips]):
                 idx["addr"].setdefault(a, []).append(s)
             idx["np"].setdefault(s.node_port, []).append(s)
-            for addr in dict.fromkeys(e.address for e in s.endpoints):
-                idx["ep"].setdefault(addr, []).append(s)
-        self.__dict__["_index"] = idx
-        self.__dict__["_index_n"] = len(self.services)
+        self._index, self._index_n = idx, len(self.services)
         return idx
 
     def service(self, name: str) -> Service | None:
@@ -307,28 +592,58 @@ class Catalog:
         return list(self._lookup()["np"].get(port, ()))
 
     def endpoint_owner(self, address: str) -> list[Service]:
-        return list(self._lookup()["ep"].get(address, ()))
+        """The Services with an endpoint at `address` (IP:PORT), in the order of `services`."""
+        if self._builder is not None:
+            # the order of `services`: by name, then in the order the rules named them
+            cands = sorted(self._builder.endpoint_candidates(address), key=lambda s: (s.name, s._order))
+            return [s for s in cands if any(e.address == address for e in s.endpoints)]
+        if self._ep_index is None or self._ep_index_n != len(self.services):
+            idx: dict[str, list[Service]] = {}
+            for s in self.services:
+                for addr in dict.fromkeys(e.address for e in s.endpoints):
+                    idx.setdefault(addr, []).append(s)
+            self._ep_index, self._ep_index_n = idx, len(self.services)
+        return list(self._ep_index.get(address, ()))
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "schema": SCHEMA,
-            "mode": self.mode,
-            "layout": self.layout,
-            "cluster_cidrs": list(self.cluster_cidrs),
-            "masquerade_mark": self.masq_mark,
-            "services": [s.to_json() for s in self.services],
-            "docker": [d.to_json() for d in self.docker],
-            "ipvs": self.ipvs,
-            "warnings": list(self.warnings),
-        }
+        self._complete()
+        with _QuietGC():  # a document of a million objects at 10k Services
+            return {
+                "schema": SCHEMA,
+                "mode": self.mode,
+                "layout": self.layout,
+                "cluster_cidrs": list(self.cluster_cidrs),
+                "masquerade_mark": self.masq_mark,
+                "services": [s.to_json() for s in self.services],
+                "docker": [d.to_json() for d in self.docker],
+                "ipvs": self.ipvs,
+                "warnings": list(self.warnings),
+            }
 
 
 # ---------------------------------------------------------------------------- building
 
 
+class _QuietGC:
+    """No garbage collection while reading: the catalogue makes tens of thousands of objects, none of
+    them garbage, next to a parsed dump of millions the collector would traverse again and again."""
+
+    def __enter__(self) -> None:
+        self.enabled = gc.isenabled()
+        gc.disable()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            gc.enable()
+
+
 def build_catalog(ruleset: Ruleset, host: HostContext | None = None, ipsets: IpSets | None = None) -> Catalog:
-    """The catalogue of `ruleset`; `host` (when known) decides which endpoints are on this node."""
-    return _Builder(ruleset, host, ipsets).build()
+    """The catalogue of `ruleset`; `host` (when known) decides which endpoints are on this node.
+
+    The entry points (KUBE-SERVICES, KUBE-NODEPORTS, the filter chains, Docker) are read now; each
+    Service's own chains when first asked for (see Service)."""
+    with _QuietGC():
+        return _Builder(ruleset, host, ipsets).build()
 
 
 @dataclass
@@ -339,7 +654,18 @@ class _Walk:
     notes: list[str] = field(default_factory=list)
 
 
+_SVC_PREFIXES = (("svc", "KUBE-SVC-"), ("svl", "KUBE-SVL-"), ("ext", "KUBE-EXT-"), ("fw", "KUBE-FW-"),
+                 ("xlb", "KUBE-XLB-"))  # fmt: skip
+_OWN_CHAIN_PREFIXES = ("KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-FW-", "KUBE-XLB-")
+
+
 class _Builder:
+    """Reads the catalogue: `build` the entry points, `details` one Service, `finish` all of it.
+
+    Everything a Service's own chains decide is kept per Service (its warnings, the names it gives
+    rules), and `finish` puts them together in the order the Services were first named, so a lazy
+    catalogue ends up exactly as one read in a single pass."""
+
     def __init__(self, rs: Ruleset, host: HostContext | None, ipsets: IpSets | None) -> None:
         self.rs = rs
         self.host = host
@@ -347,10 +673,32 @@ class _Builder:
         self.nat: Table | None = rs.tables.get("nat")
         self.filter: Table | None = rs.tables.get("filter")
         self.cat = Catalog()
+        self.created: list[Service] = []  # in the order the rules named them
         self.by_name: dict[str, Service] = {}
         self.by_hash: dict[str, Service] = {}
         self._views: dict[int, RuleView] = {}
-        self._fib: Fib | None = None
+        self._fibs: dict[str, Fib] = {}
+        self._local: dict[str, bool | None] = {}
+        self._default: dict[str, Any] = {}
+        # rule names given by the entry points (before the Services' own) and by Docker (after)
+        self.names_first: dict[RuleKey, RuleName] = {}
+        self.names_last: dict[RuleKey, RuleName] = {}
+        self._naming: dict[RuleKey, RuleName] = self.names_first
+        # per Service (by _order): its warnings and the names it gives its chains' rules
+        self.svc_warnings: dict[int, list[str]] = {}
+        self.svc_names: dict[int, list[tuple[RuleKey, RuleName]]] = {}
+        self.tail_warnings: list[str] = []
+        self.ipvs_cidrs: list[str] = []
+        # the names of each chain's rules: the entry points' as they are given, a Service's own chains'
+        # when first asked for (rule_name)
+        self._chain_names: dict[tuple[str, str], dict[int, RuleName]] = {}
+        # built on demand
+
+        self._parents: dict[str, list[str]] | None = None
+        self._starts: dict[str, list[Service]] | None = None
+        self._above: dict[frozenset[str], list[Service]] = {}
+        self._dnat_chains: dict[str, set[str]] | None = None
+        self._finished = False
 
     # -------------------------------------------------------------- helpers
     def v(self, r: Rule) -> RuleView:
@@ -376,8 +724,9 @@ class _Builder:
             if name is None and h is not None:
                 name = self._name_for_hash(h) or f"KUBE-SVC-{h}"
             s = Service(name=name or "?")
+            s._order = len(self.created)
             self.by_name[s.name] = s
-            self.cat.services.append(s)
+            self.created.append(s)
         if h is not None and s.hash is None:
             s.hash = h
             self.by_hash[h] = s
@@ -395,9 +744,17 @@ class _Builder:
         return None
 
     def name_rule(self, table: str, r: Rule, service: str, endpoint: str | None = None) -> None:
+        """A name given by an entry point (entry chains, filter chains, Docker)."""
         key = (table, r.chain, r.index)
-        if key not in self.cat.rule_names or (endpoint and not self.cat.rule_names[key].endpoint):
-            self.cat.rule_names[key] = RuleName(service, endpoint)
+        if _propose(self._naming, key, service, endpoint):
+            self._chain_names.setdefault((table, r.chain), {})[r.index] = self._naming[key]
+
+    def _svc_name_rule(self, s: Service, r: Rule, endpoint: str | None = None) -> None:
+        """A name Service `s` gives a rule of its own chains (nat)."""
+        self.svc_names.setdefault(s._order, []).append((("nat", r.chain, r.index), RuleName(s.name, endpoint)))
+
+    def _warn(self, s: Service, text: str) -> None:
+        self.svc_warnings.setdefault(s._order, []).append(text)
 
     # -------------------------------------------------------------- build
     def build(self) -> Catalog:
@@ -410,42 +767,224 @@ class _Builder:
                     self._entry(ch)
             self._nodeports()
             # service chains no entry rule points at (partial dumps, unnamed chains)
-            targets = {r.jump for c in self.nat.chains.values() for r in c.rules if r.jump}
-            for name in list(self.nat.chains):
-                h = hash_of(name)
-                if h is not None and name.startswith(("KUBE-SVC-", "KUBE-SVL-")) and h not in self.by_hash:
-                    if name in targets:
+            orphans = [
+                name
+                for name in self.nat.chains
+                if name.startswith(("KUBE-SVC-", "KUBE-SVL-")) and name[9:] not in self.by_hash
+            ]
+            if orphans:
+                targets = {r.jump for c in self.nat.chains.values() for r in c.rules if r.jump}
+                for name in orphans:
+                    h = name[9:]
+                    if h in self.by_hash or name in targets:
                         continue  # reached from another service chain (2015 layout), not a service of its own
                     self.svc_for(None, h)
         self._filter_rules()
-        for s in self.cat.services:
-            self._service_chains(s)
-        self._cidrs()
+        self._naming = self.names_last
         self._docker()
         self._ipvs()
-        self.cat.services.sort(key=lambda s: s.name)
-        return self.cat
+        cat = self.cat
+        cat.services = sorted(self.created, key=lambda s: s.name)
+        if not self.created:
+            self.finish()
+            return cat
+        for s in self.created:
+            s._pending = self
+        cat._builder = self
+        cat._rule_names._builder = self
+        return cat
 
+    def finish(self) -> None:
+        """Read every Service, then what needs them all: the warnings, cluster CIDRs and rule names."""
+        if self._finished:
+            return
+        self._finished = True
+        with _QuietGC():
+            self._finish()
+
+    def _finish(self) -> None:
+        cat = self.cat
+        self._views.clear()  # the entry points' (the views a Service reads are dropped after it, below)
+        for s in self.created:
+            s._resolve_masquerade()  # cluster_cidrs needs them all
+            self._views.clear()
+        cat._builder = None
+        cat._rule_names._builder = None
+        warnings: list[str] = []
+        for s in self.created:
+            warnings += self.svc_warnings.get(s._order, [])
+        cat._warnings = warnings + self.tail_warnings
+        names = dict(self.names_first)
+        for s in self.created:
+            for key, n in self.svc_names.get(s._order, []):
+                _fold(names, key, n)
+        for key, n in self.names_last.items():
+            _fold(names, key, n)
+        cat._rule_names._data = names
+        cidrs = self._cidrs()
+        for c in self.ipvs_cidrs:
+            if c not in cidrs:
+                cidrs.append(c)
+        cat._cluster_cidrs = cidrs
+        # everything is read: let go of what only the lazy reading needed
+        self._views.clear()
+        self.svc_names.clear()
+        self._chain_names.clear()
+        self._parents = self._starts = self._dnat_chains = None
+        self._above.clear()
+
+    # -------------------------------------------------------------- lazy reading
+    def rule_name(self, key: RuleKey) -> RuleName | None:
+        table, chain, index = key
+        names = self._chain_names.get((table, chain))
+        if names is None:
+            # not an entry point's chain (their names are in already): a Service's own, or none
+            own = table == "nat" and chain.startswith(("KUBE-SEP-", *_OWN_CHAIN_PREFIXES))
+            names = self._chain_names[(table, chain)] = self._names_of_chain(chain) if own else {}
+        return names.get(index)
+
+    def _names_of_chain(self, chain: str) -> dict[int, RuleName]:
+        """The names the Services give the rules of one of their own nat chains."""
+        if chain.startswith("KUBE-SEP-"):
+            owners = self._reaching(chain)
+        else:
+            s = self.by_hash.get(hash_of(chain) or "")
+            owners = [s] if s is not None else []
+        names: dict[int, RuleName] = {}
+        for s in owners:
+            s._resolve()
+            for key, n in self.svc_names.get(s._order, []):
+                if key[1] == chain:
+                    _fold(names, key[2], n)
+        return names
+
+    def _reaching(self, *chains: str) -> list[Service]:
+        """The Services whose endpoint walks can reach any of `chains` (a superset), in naming order."""
+        if self._parents is None:
+            # the chains that jump to each chain (a target that is no chain, ACCEPT ..., is never asked for)
+            parents: dict[str, list[str]] = {}
+            if self.nat is not None:
+                with _QuietGC():
+                    for name, c in self.nat.chains.items():
+                        for r in c.rules:
+                            j = r.jump
+                            if j is not None:
+                                lst = parents.get(j)
+                                if lst is None:
+                                    parents[j] = [name]
+                                elif lst[-1] != name:
+                                    lst.append(name)
+            self._parents = parents
+        if self._starts is None:
+            # a walk starts at a Service's own chain, or at the chain its cluster-IP entry rule names
+            starts: dict[str, list[Service]] = {}
+            for s in self.created:
+                cluster = s._chains.get("cluster")
+                if cluster is not None:
+                    starts.setdefault(cluster, []).append(s)
+            self._starts = starts
+        found: dict[int, Service] = {}
+        for chain in chains:
+            # the chains above `chain` depend only on the chains that jump to it (the endpoint chains of
+            # one Service share them): read once per set of parents
+            key = frozenset(self._parents.get(chain, ()))
+            above = self._above.get(key)
+            if above is None:
+                above = self._above[key] = self._starting_in(self._climb(key))
+            for s in above + self._starting_in({chain}):
+                found[s._order] = s
+        return [found[k] for k in sorted(found)]
+
+    def _climb(self, chains: frozenset[str]) -> set[str]:
+        """`chains` and every chain that jumps to one of them, directly or not."""
+        parents = self._parents
+        assert parents is not None
+        seen = set(chains)
+        todo = list(chains)
+        while todo:
+            for p in parents.get(todo.pop(), ()):
+                if p not in seen:
+                    seen.add(p)
+                    todo.append(p)
+        return seen
+
+    def _starting_in(self, chains: set[str] | frozenset[str]) -> list[Service]:
+        """The Services whose endpoint walks start in one of `chains`."""
+        assert self._starts is not None
+        found: dict[int, Service] = {}
+        for name in chains:
+            owner = self.by_hash.get(name[9:]) if name.startswith(("KUBE-SVC-", "KUBE-SVL-", "KUBE-XLB-")) else None
+            for s in ([owner] if owner is not None else []) + self._starts.get(name, []):
+                found[s._order] = s
+        return [s for s in found.values() if any(c in chains for c in self._walk_starts(s) if c is not None)]
+
+    def endpoint_candidates(self, address: str) -> list[Service]:
+        """The Services that may have an endpoint at `address` (a superset): those whose walks can
+        reach a DNAT to its IP."""
+        if self._dnat_chains is None:
+            dnat: dict[str, set[str]] = {}
+            if self.nat is not None:
+                for c in self.nat.chains.values():
+                    for r in c.rules:
+                        if r.jump is not None or r.target is None or "DNAT" not in r.text:
+                            continue
+                        rv = view(r)  # not kept: read once
+                        to = rv.value("to-destination", "target") if rv.target == "DNAT" else None
+                        if to is not None:
+                            dnat.setdefault(split_endpoint(to)[0], set()).add(c.name)
+            self._dnat_chains = dnat
+        chains = self._dnat_chains.get(split_endpoint(address)[0])
+        return self._reaching(*chains) if chains else []
+
+    def _walk_starts(self, s: Service) -> tuple[str | None, str | None]:
+        """The chains `details` walks for a Service's endpoints: (all endpoints, node-local ones)."""
+        chains = self._own_chains(s)
+        if chains is None:
+            return None, None
+        allc = {**s._chains, **chains}
+        main = allc.get("cluster") or allc.get("svc") or allc.get("svl")
+        if main is not None and main.startswith(("KUBE-EXT-", "KUBE-FW-", "KUBE-XLB-")):
+            main = allc.get("svc") or allc.get("svl")
+        assert self.nat is not None
+        if main is not None and main not in self.nat.chains:
+            main = None
+        return main, allc.get("svl") or allc.get("xlb")
+
+    def _own_chains(self, s: Service) -> dict[str, str] | None:
+        """The Service's own chains by kind (svc, svl, ext, fw, xlb); None when it has none here."""
+        h = s.hash
+        if h is None or self.nat is None:
+            return None
+        nat_chains = self.nat.chains
+        found = {key: prefix + h for key, prefix in _SVC_PREFIXES if prefix + h in nat_chains}
+        return found or None
+
+    # -------------------------------------------------------------- entry points (read by build)
     def _mode(self) -> None:
         names: set[str] = set()
         for t in self.rs.tables.values():
             names.update(t.chains)
-        text_sets = " ".join(r.text for t in self.rs.tables.values() for c in t.chains.values() for r in c.rules)
-        if any(c in names for c in ("KUBE-LOAD-BALANCER", "KUBE-NODE-PORT", "KUBE-IPVS-FILTER")) or (
-            "--match-set KUBE-CLUSTER-IP" in text_sets
+        # which kinds of kube-proxy chain names the dump has (one pass: 40,000 names at 10k Services)
+        joined = "\n" + "\n".join(names)
+        kinds = {p for p in _KINDS if "\n" + p in joined}
+        if any(c in names for c in ("KUBE-LOAD-BALANCER", "KUBE-NODE-PORT", "KUBE-IPVS-FILTER")) or any(
+            "--match-set KUBE-CLUSTER-IP" in r.text
+            for t in self.rs.tables.values()
+            for c in t.chains.values()
+            for r in c.rules
         ):
             self.cat.mode, self.cat.layout = "ipvs", "ipvs"
-        elif "KUBE-SERVICES" in names or any(n.startswith(("KUBE-SVC-", "KUBE-SEP-")) for n in names):
+        elif "KUBE-SERVICES" in names or kinds & {"KUBE-SVC-", "KUBE-SEP-"}:
             self.cat.mode = "iptables"
-            if any(n.startswith("KUBE-PORTALS-") for n in names):
+            if "KUBE-PORTALS-" in kinds:
                 self.cat.layout = "2015, KUBE-PORTALS-*"
-            elif any(n.startswith("KUBE-XLB-") for n in names):
+            elif "KUBE-XLB-" in kinds:
                 self.cat.layout = "1.19-1.23, KUBE-XLB-*"
-            elif any(n.startswith(("KUBE-EXT-", "KUBE-SVL-")) for n in names) or "KUBE-PROXY-FIREWALL" in names:
+            elif kinds & {"KUBE-EXT-", "KUBE-SVL-"} or "KUBE-PROXY-FIREWALL" in names:
                 self.cat.layout = "1.24+, KUBE-EXT-*/KUBE-SVL-*"
             else:
                 self.cat.layout = "iptables"
-        elif any(n.startswith("KUBE-PORTALS-") or n.startswith("KUBE-NODEPORT-") for n in names):
+        elif kinds & {"KUBE-PORTALS-", "KUBE-NODEPORT-"}:
             self.cat.mode, self.cat.layout = "userspace", "userspace"
 
     def _masq_mark(self) -> None:
@@ -467,8 +1006,9 @@ class _Builder:
             t = rv.target
             if t is None:
                 continue
-            name = service_name(rv.comment)
-            comment = (rv.comment or "").lower()
+            text = rv.comment
+            name = service_name(text)
+            comment = (text or "").lower()
             h = hash_of(t)
             if h is None:
                 if t == "KUBE-MARK-MASQ" and name:
@@ -575,26 +1115,19 @@ class _Builder:
                         s.lb_ips.append(rv.dst)
 
     # -------------------------------------------------------------- per service
-    def _service_chains(self, s: Service) -> None:
-        h = s.hash
-        if (
-            h is not None
-            and self.nat is not None
-            and not any(
-                p + h in self.nat.chains for p in ("KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-FW-", "KUBE-XLB-")
-            )
-        ):
-            self.cat.warnings.append(f"{s.name}: named by rules, but its nat chains (*-{h}) are not in this dump")
-            h = None
-        if h is None or self.nat is None:
+    def details(self, s: Service) -> None:
+        """Read a Service's own chains: its endpoints and their shares, affinity, masquerade rules,
+        source ranges and traffic policies (called once, on the Service's first use)."""
+        own = self._own_chains(s)
+        if own is None:
+            if s.hash is not None and self.nat is not None:
+                self._warn(s, f"{s.name}: named by rules, but its nat chains (*-{s.hash}) are not in this dump")
             # no chains (a Service without endpoints): the policies cannot be read from the rules
             if s.no_local_endpoints:
                 s.external_policy = "Local"
             return
-        for key, prefix in (("svc", "KUBE-SVC-"), ("svl", "KUBE-SVL-"), ("ext", "KUBE-EXT-"), ("fw", "KUBE-FW-"),
-                            ("xlb", "KUBE-XLB-")):  # fmt: skip
-            if prefix + h in self.nat.chains:
-                s.chains[key] = prefix + h
+        assert self.nat is not None
+        s.chains.update(own)
         main = s.chains.get("cluster") or s.chains.get("svc") or s.chains.get("svl")
         if main is not None and main.startswith(("KUBE-EXT-", "KUBE-FW-", "KUBE-XLB-")):
             main = s.chains.get("svc") or s.chains.get("svl")
@@ -603,11 +1136,12 @@ class _Builder:
             s.endpoints = self._endpoints(s, w)
             s.fallthrough, s.dropped = w.fall, w.dropped
             for n in w.notes:
-                self.cat.warnings.append(f"{s.name}: {n}")
+                self._warn(s, f"{s.name}: {n}")
             if s.endpoints and w.fall > 0:
-                self.cat.warnings.append(
+                self._warn(
+                    s,
                     f"{s.name}: {float(w.fall):.6g} of new connections leave {main} without a DNAT "
-                    "(its last endpoint rule is itself probabilistic)"
+                    "(its last endpoint rule is itself probabilistic)",
                 )
         local_chain = s.chains.get("svl") or s.chains.get("xlb")
         if local_chain is not None:
@@ -622,9 +1156,9 @@ class _Builder:
                 e.local = True
         else:
             for e in s.endpoints:
-                e.local = self._is_local(e.ip)
+                e._where = self._is_local  # routes are looked up when `local` is first read
         s.affinity = self._affinity(s)
-        self._masquerades(s)
+        s._masq_pending = self  # self.masquerades(s), when first asked for
         self._name_chain_rules(s)
         self._source_ranges(s)
         if s.internal_policy is None and (s.chains.get("svc") or s.chains.get("svl")):
@@ -642,7 +1176,8 @@ class _Builder:
         ext = s.chains.get("ext")
         local = "xlb" in s.chains or s.no_local_endpoints
         if ext is not None and self.nat is not None:
-            local = local or any(self.v(r).target == s.chains.get("svl") for r in self.nat.chains[ext].rules)
+            svl = s.chains.get("svl")
+            local = local or any(_target_is(r, svl) for r in self.nat.chains[ext].rules)
         s.external_policy = "Local" if local else "Cluster"
 
     def _walk(self, cname: str, p: Fraction, depth: int, seen: set[str]) -> _Walk:
@@ -655,17 +1190,17 @@ class _Builder:
             return w
         seen = seen | {cname}
         for r in ch.rules:
-            if p == 0:
+            if not p:
                 break
+            if r.jump == "KUBE-MARK-MASQ" or (r.jump is None and r.target is None):
+                continue  # non-terminating (the parsed model says what the rule's -j names)
             rv = self.v(r)
             t = rv.target
             if t is None or t == "KUBE-MARK-MASQ" or t in ("MARK", "LOG", "NFLOG", "CONNMARK"):
                 continue  # non-terminating
-            if any(rv.has(o, "recent") for o in _AFFINITY_OPTS):
+            if rv.shape_fact("affinity", _has_affinity):
                 continue  # session affinity: only later connections of a known client
-            conds = [o for o in rv.opts if o.module != "target" and o.name not in _NEUTRAL]
-            conds = [o for o in conds if not (o.module in ("tcp", "udp", "sctp") and not o.values)]
-            if conds:
+            if rv.shape_fact("conditional", _conditional):
                 if t.startswith("KUBE-SEP-") or t == "DNAT":
                     w.notes.append(
                         f"{cname} rule {r.index} picks an endpoint only when "
@@ -677,28 +1212,32 @@ class _Builder:
             if q is None:
                 w.notes.append(f"{cname} rule {r.index}: a statistic match other than --mode random, taken as 1/n")
                 q = _nth_share(rv)
-            take = p * q
+            # exact rational arithmetic; adding or taking away nothing is skipped (most terms are 0 or 1)
+            take = p if q is _ONE else p * q
             if t == "DNAT":
                 w.hits.append((r, r, take))
-                p -= take
+                p = _less(p, take)
             elif t in ("KUBE-MARK-DROP", "DROP", "REJECT"):
                 # KUBE-MARK-DROP only marks; filter KUBE-FIREWALL drops the marked packet later
                 w.dropped += take
-                p -= take
+                p = _less(p, take)
             elif self.nat.chains.get(t) is not None:
                 sub = self._walk(t, take, depth + 1, seen)
                 w.hits.extend((r if depth == 0 else pick, dn, sh) for pick, dn, sh in sub.hits)
-                w.dropped += sub.dropped
+                if sub.dropped:
+                    w.dropped += sub.dropped
                 w.notes.extend(sub.notes)
-                if rv.goto:
-                    p -= take
-                    w.fall += sub.fall  # a goto's end returns past this chain
-                else:
-                    p = p - take + sub.fall
+                p = _less(p, take)
+                if sub.fall:
+                    if rv.goto:
+                        w.fall += sub.fall  # a goto's end returns past this chain
+                    else:
+                        p = p + sub.fall
             elif t in ("ACCEPT", "RETURN"):
                 w.fall += take
-                p -= take
-        w.fall += p
+                p = _less(p, take)
+        if p:
+            w.fall += p
         return w
 
     def _endpoints(self, s: Service, w: _Walk) -> list[Endpoint]:
@@ -718,13 +1257,14 @@ class _Builder:
             ep = Endpoint(ip=ip, port=port, probability=share, chain=dn.chain, rule=pick.index, dnat_rule=dn.index)
             out[key] = ep
             # the comment of the picking rule ("ns/name:port -> IP:PORT") must agree with the DNAT
-            m = re.search(r"->\s*(\S+)", self.v(pick).comment or "")
+            m = _ARROW.search(self.v(pick).comment or "")
             if m and pick is not dn:
                 cip, cport = split_endpoint(m.group(1))
                 if (cip, cport) != (ip, port):
-                    self.cat.warnings.append(
+                    self._warn(
+                        s,
                         f"{s.name}: {pick.chain} rule {pick.index} says -> {m.group(1)} but "
-                        f"{dn.chain} rule {dn.index} DNATs to {endpoint_text(ip, port)}"
+                        f"{dn.chain} rule {dn.index} DNATs to {endpoint_text(ip, port)}",
                     )
         return list(out.values())
 
@@ -736,7 +1276,7 @@ class _Builder:
                 continue
             for r in self.nat.chains[cname].rules:
                 rv = self.v(r)
-                if any(rv.has(o, "recent") for o in _AFFINITY_OPTS):
+                if rv.shape_fact("affinity", _has_affinity):
                     secs = rv.value("seconds", "recent")
                     return {
                         "type": "ClientIP",
@@ -778,14 +1318,15 @@ class _Builder:
             why = "when " + " and ".join(parts)
         return Masquerade(chain=r.chain, rule=r.index, condition=" ".join(conds) or "(all)", reason=why)
 
-    def _masquerades(self, s: Service) -> None:
+    def masquerades(self, s: Service) -> None:
+        """The KUBE-MARK-MASQ rules of a Service's own chains and of its endpoints' (after `details`)."""
         assert self.nat is not None
         chains = [s.chains[k] for k in ("fw", "ext", "xlb", "svc", "svl") if k in s.chains]
         chains += sorted({e.chain for e in s.endpoints + s.local_endpoints})
         for cname in chains:
             kind = cname.rsplit("-", 1)[0]
             for r in self.nat.chains[cname].rules:
-                if self.v(r).target == "KUBE-MARK-MASQ":
+                if r.jump == "KUBE-MARK-MASQ":  # the rule's -j (a chain: the parsed model says it)
                     s.masquerade.append(self._masq(r, kind, s))
 
     def _name_chain_rules(self, s: Service) -> None:
@@ -796,19 +1337,19 @@ class _Builder:
             if cname is None:
                 continue
             for r in self.nat.chains[cname].rules:
-                t = self.v(r).target
+                t = r.jump if r.jump is not None else self.v(r).target
                 ep = eps.get(t or "")
-                self.name_rule("nat", r, s.name, ep.address if ep else None)
+                self._svc_name_rule(s, r, ep.address if ep else None)
                 if t == "DNAT":
                     for e in eps.values():
                         if e.chain == cname and e.dnat_rule == r.index:
-                            self.name_rule("nat", r, s.name, e.address)
+                            self._svc_name_rule(s, r, e.address)
         for cname, e in eps.items():
             ch = self.nat.chains.get(cname)
             if ch is None or not cname.startswith("KUBE-SEP-"):
                 continue
             for r in ch.rules:
-                self.name_rule("nat", r, s.name, e.address)
+                self._svc_name_rule(s, r, e.address)
 
     def _source_ranges(self, s: Service) -> None:
         assert self.nat is not None
@@ -823,17 +1364,24 @@ class _Builder:
 
     def _is_local(self, ip: str) -> bool | None:
         """Whether an endpoint address sits on this node: from the host's routes, None when unknown."""
+        if ip in self._local:
+            return self._local[ip]
+        found = self._local[ip] = self._find_local(ip)
+        return found
+
+    def _find_local(self, ip: str) -> bool | None:
         if self.host is None or self.host.empty or not (self.host.routes or self.host.links):
             return None
-        if self._fib is None:
+        fam = "ipv6" if ":" in ip else "ipv4"
+        fib = self._fibs.get(fam)
+        if fib is None:
             from nftrace.host.fib import Fib
 
-            fam = "ipv6" if ":" in ip else "ipv4"
-            self._fib = Fib(self.host, fam)  # type: ignore[arg-type]
+            fib = self._fibs[fam] = Fib(self.host, fam)  # type: ignore[arg-type]
         try:
-            if self._fib.is_local(ip):
+            if fib.is_local(ip):
                 return True  # hostNetwork endpoint on this node
-            r = self._fib.lookup(ip)
+            r = fib.lookup(ip)
         except Exception:  # noqa: BLE001 - an odd address must not break the catalogue
             return None
         if not r.ok or r.type != "unicast":
@@ -846,16 +1394,18 @@ class _Builder:
         is_bridge = link.kind == "bridge" or any(lk.master == link.name for lk in self.host.links)
         if is_bridge or (link.kind or "") in ("veth",) or link.name.startswith(("cali", "lxc", "veth")):
             return True
-        default = self._fib.lookup("8.8.8.8" if ":" not in ip else "2001:4860:4860::8888")
+        default = self._default.get(fam)
+        if default is None:
+            default = self._default[fam] = fib.lookup("8.8.8.8" if ":" not in ip else "2001:4860:4860::8888")
         # on-link on the node's uplink: another host of the LAN
         return not (default.ok and default.oif == r.oif)
 
     # -------------------------------------------------------------- cluster CIDRs
-    def _cidrs(self) -> None:
+    def _cidrs(self) -> list[str]:
         found: list[str] = []
-        for s in self.cat.services:
+        for s in self.created:
             for m in s.masquerade:
-                cm = re.search(r"! -s (\S+)", m.condition)
+                cm = _NOT_SOURCE.search(m.condition)
                 if cm and cm.group(1) not in found:
                     found.append(cm.group(1))
         if self.nat is not None:
@@ -870,7 +1420,7 @@ class _Builder:
                         continue
                     if ("pod traffic" in comment or "Redirect pods" in comment) and o.value not in found:
                         found.append(o.value)
-        self.cat.cluster_cidrs = [c for c in found if "/" in c and not c.endswith(("/32", "/128"))]
+        return [c for c in found if "/" in c and not c.endswith(("/32", "/128"))]
 
     # -------------------------------------------------------------- Docker
     def _docker(self) -> None:
@@ -974,7 +1524,7 @@ class _Builder:
                     nps += [f"{name.split('-')[3].lower()}:{','.join(e)}" for e in st.entries]
             info["node_ports"] = nps if nps else None
         self.cat.ipvs = info
-        self.cat.warnings.append(
+        self.tail_warnings.append(
             "kube-proxy runs in IPVS mode: its iptables rules only accept and masquerade; the Services' "
             "endpoints and their weights live in the kernel's IPVS tables (ipvsadm -Ln), not in these rules"
         )
@@ -982,26 +1532,64 @@ class _Builder:
         ch = self.nat_chain("KUBE-SERVICES")
         for r in ch.rules if ch is not None else []:
             o = self.v(r).get("source", "")
-            if o is not None and o.negated and o.value and o.value not in self.cat.cluster_cidrs:
-                self.cat.cluster_cidrs.append(o.value)
+            if o is not None and o.negated and o.value:
+                self.ipvs_cidrs.append(o.value)  # after the Services' own (see finish)
+
+
+def _target_is(r: Rule, name: str | None) -> bool:
+    """Whether the rule's -j/-g names `name` (a chain of its table), or it has none when `name` is None."""
+    if name is None:
+        return r.jump is None and r.target is None
+    return r.jump == name
+
+
+def _less(p: Fraction, take: Fraction) -> Fraction:
+    """p - take (nothing left when take is all of p)."""
+    return _ZERO if take is p else p - take
+
+
+def _has_affinity(rv: RuleView) -> bool:
+    """A `-m recent --rcheck/--update` rule: kube-proxy's ClientIP session affinity."""
+    return any(rv.has(o, "recent") for o in _AFFINITY_OPTS)
+
+
+def _conditional(rv: RuleView) -> bool:
+    """Whether the rule matches only some packets (beyond chance and the neutral options)."""
+    conds = [o for o in rv.opts if o.module != "target" and o.name not in _NEUTRAL]
+    return any(not (o.module in ("tcp", "udp", "sctp") and not o.values) for o in conds)
+
+
+def _has_statistic(rv: RuleView) -> bool:
+    return "statistic" in rv.modules
+
+
+_ONE = Fraction(1)
+_SHARES: dict[tuple[str, bool], Fraction] = {}  # (--probability as written, negated) -> share
 
 
 def _share(rv: RuleView) -> Fraction | None:
     """The chance the rule's statistic match holds (1 without one), as the kernel applies it."""
-    if "statistic" not in rv.modules:
-        return Fraction(1)
+    if not rv.shape_fact("statistic", _has_statistic):
+        return _ONE
     mode = rv.value("mode", "statistic")
     if mode != "random":
         return None
     o = rv.get("probability", "statistic")
     if o is None or not o.value:
-        return Fraction(1)
-    try:
-        p = float(o.value)
-    except ValueError:
-        return Fraction(1)
-    q = Fraction(kernel_probability(p))
-    return 1 - q if o.negated else q
+        return _ONE
+    key = (o.value, o.negated)
+    q = _SHARES.get(key)
+    if q is None:
+        try:
+            p = float(o.value)
+        except ValueError:
+            return _ONE
+        q = Fraction(kernel_probability(p))
+        if o.negated:
+            q = 1 - q
+        if len(_SHARES) < 100_000:
+            _SHARES[key] = q
+    return q
 
 
 def _nth_share(rv: RuleView) -> Fraction:

@@ -30,7 +30,11 @@ def _steps(b: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _matched_rules(b: dict[str, Any]) -> list[dict[str, Any]]:
-    return [s for s in _steps(b) if s.get("kind") == "rule" and s.get("matched", True)]
+    return [s for s in b.get("steps") or () if s.get("kind") == "rule" and s.get("matched", True)]
+
+
+# the rule steps that matched, one list per branch (read once per trace: several diagnoses look at them)
+_Matched = list[list[dict[str, Any]]]
 
 
 def _is_bridge(host: HostContext | None, name: str | None) -> bool:
@@ -79,13 +83,14 @@ def findings(trace_json: dict[str, Any], catalog: Catalog, host: HostContext | N
         return out.items
     pkt = trace_json.get("packet") or {}
     branches = trace_json.get("branches") or []
-    _no_endpoints(branches, catalog, out)
-    _clusterip(pkt, branches, catalog, out)
+    matched: _Matched = [_matched_rules(b) for b in branches]
+    _no_endpoints(matched, catalog, out)
+    _clusterip(pkt, branches, matched, catalog, out)
     _forwarding(branches, out)
     _bridge(pkt, branches, host, out)
-    _local_policy(branches, catalog, out)
+    _local_policy(matched, catalog, out)
     _localhost(pkt, trace_json.get("origin"), branches, host, out)
-    _ipvs(pkt, branches, catalog, out)
+    _ipvs(pkt, branches, matched, catalog, out)
     _affinity(pkt, branches, catalog, out)
     return out.items
 
@@ -93,9 +98,9 @@ def findings(trace_json: dict[str, Any], catalog: Catalog, host: HostContext | N
 # --------------------------------------------------------------------------- the diagnoses
 
 
-def _no_endpoints(branches: list[dict[str, Any]], catalog: Catalog, out: _Out) -> None:
-    for b in branches:
-        for s in _matched_rules(b):
+def _no_endpoints(matched: _Matched, catalog: Catalog, out: _Out) -> None:
+    for rules in matched:
+        for s in rules:
             if s.get("table") != "filter" or s.get("target") != "REJECT":
                 continue
             if s.get("chain") not in ("KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES"):
@@ -118,7 +123,9 @@ def _no_endpoints(branches: list[dict[str, Any]], catalog: Catalog, out: _Out) -
             )
 
 
-def _clusterip(pkt: dict[str, Any], branches: list[dict[str, Any]], catalog: Catalog, out: _Out) -> None:
+def _clusterip(
+    pkt: dict[str, Any], branches: list[dict[str, Any]], matched: _Matched, catalog: Catalog, out: _Out
+) -> None:
     if catalog.mode != "iptables":
         return
     dst = pkt.get("dst")
@@ -127,7 +134,7 @@ def _clusterip(pkt: dict[str, Any], branches: list[dict[str, Any]], catalog: Cat
         return
     dnat = any(s.get("kind") == "nat" and s.get("type") == "DNAT" for b in branches for s in _steps(b))
     rejected = any(
-        s.get("target") == "REJECT" and s.get("chain") == "KUBE-SERVICES" for b in branches for s in _matched_rules(b)
+        s.get("target") == "REJECT" and s.get("chain") == "KUBE-SERVICES" for rules in matched for s in rules
     )
     if dnat or rejected:
         return
@@ -240,24 +247,24 @@ def _bridge(pkt: dict[str, Any], branches: list[dict[str, Any]], host: HostConte
                 )
 
 
-def _local_policy(branches: list[dict[str, Any]], catalog: Catalog, out: _Out) -> None:
-    for b in branches:
-        for s in _matched_rules(b):
-            name = s.get("service")
-            svc = catalog.service(name or "")
-            text = str(s.get("text") or "")
-            dropped_here = (
-                s.get("table") == "filter"
-                and s.get("chain") == "KUBE-EXTERNAL-SERVICES"
-                and s.get("target") == "DROP"
-                and "no local endpoints" in text
-            ) or (
-                s.get("target") == "KUBE-MARK-DROP"
-                and str(s.get("chain", "")).startswith(("KUBE-SVL-", "KUBE-XLB-", "KUBE-FW-"))
-            )
+def _local_policy(matched: _Matched, catalog: Catalog, out: _Out) -> None:
+    for rules in matched:
+        for s in rules:
+            target = s.get("target")
+            if target == "DROP":
+                dropped_here = (
+                    s.get("table") == "filter"
+                    and s.get("chain") == "KUBE-EXTERNAL-SERVICES"
+                    and "no local endpoints" in str(s.get("text") or "")
+                )
+            elif target == "KUBE-MARK-DROP":
+                dropped_here = str(s.get("chain", "")).startswith(("KUBE-SVL-", "KUBE-XLB-", "KUBE-FW-"))
+            else:
+                continue
             if not dropped_here:
                 continue
-            _policy_drop(svc, name, s, out)
+            name = s.get("service")
+            _policy_drop(catalog.service(name or ""), name, s, out)
 
 
 def _policy_drop(svc: Service | None, name: str | None, s: dict[str, Any], out: _Out) -> None:
@@ -335,13 +342,11 @@ def _localhost(
         return
 
 
-def _ipvs(pkt: dict[str, Any], branches: list[dict[str, Any]], catalog: Catalog, out: _Out) -> None:
+def _ipvs(pkt: dict[str, Any], branches: list[dict[str, Any]], matched: _Matched, catalog: Catalog, out: _Out) -> None:
     if catalog.mode != "ipvs":
         return
     touched = any(
-        any(f"--match-set {h}" in str(s.get("text") or "") for h in _KUBE_IPVS_HINT)
-        for b in branches
-        for s in _matched_rules(b)
+        any(f"--match-set {h}" in str(s.get("text") or "") for h in _KUBE_IPVS_HINT) for rules in matched for s in rules
     )
     cips = (catalog.ipvs or {}).get("cluster_ips") or []
     dst, dport, proto = pkt.get("dst"), pkt.get("dport"), pkt.get("proto")

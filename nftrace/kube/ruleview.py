@@ -4,14 +4,25 @@ The catalogue only needs to read what kube-proxy and Docker write (addresses,
 ports, comments, statistic probabilities, recent lists, DNAT targets), in
 either kube-proxy's own option order or iptables-save's canonical one, so it
 reads the rule text rather than the evaluators' internals.
+
+A kube-proxy dump has 100,000 rules but a few dozen shapes: lines that differ
+only in chain names, addresses, ports and comments.  How the words of a line
+group into options depends only on the words that start with '-', the '!'
+words, the module names after -m, and which words are quoted; so `view` reads
+each shape once (`_program`) and then only picks the values of each line out by
+position.  `view_slow` reads every line in full; both give the same view.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple, TypeVar
 
 from nftrace.ruleset.model import Rule
+
+T = TypeVar("T")
 
 _SHORT = {
     "-s": "source",
@@ -45,6 +56,8 @@ def split_words(text: str) -> list[str]:
 _TOKEN = re.compile(r'(?:"(?:[^"\\]|\\.)*"?|[^\s"]+)+')
 _QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"?')
 _ESCAPE = re.compile(r"\\(.)")
+# blanks other than the space (str.split and the regex \s split there too; the fast path does not look)
+_ODD_BLANK = re.compile(r"[\t\n\r\x0b\x0c\x1c-\x1f]")
 
 
 def _unquote(m: re.Match[str]) -> str:
@@ -65,8 +78,37 @@ def _split(text: str) -> list[tuple[str, bool]]:
     return out
 
 
-@dataclass(frozen=True, slots=True)
-class Opt:
+def _words(text: str) -> tuple[list[str], list[int]]:
+    """The words of `text` and the positions of the quoted ones, as `_split` reads them.
+
+    Fast path: quotes that open after a space (or at the start) and close before a space (or at
+    the end), no backslash, only spaces as blanks: each quoted part is then one whole word."""
+    if '"' not in text:
+        return text.split(), []
+    if "\\" not in text and text.isascii() and not _ODD_BLANK.search(text):
+        parts = text.split('"')
+        last = len(parts) - 1
+        if last % 2 == 0:
+            words: list[str] = []
+            quoted: list[int] = []
+            for idx, part in enumerate(parts):
+                if idx % 2 == 0:
+                    words.extend(part.split())
+                    continue
+                prev, nxt = parts[idx - 1], parts[idx + 1]
+                if not (prev.endswith(" ") or (not prev and idx == 1)):
+                    break
+                if not (nxt.startswith(" ") or (not nxt and idx + 1 == last)):
+                    break
+                quoted.append(len(words))
+                words.append(part)
+            else:
+                return words, quoted
+    pairs = _split(text)
+    return [w for w, _ in pairs], [k for k, (_, q) in enumerate(pairs) if q]
+
+
+class Opt(NamedTuple):
     """One option as written: the module it belongs to ("" base, "target" after -j/-g)."""
 
     module: str
@@ -79,13 +121,52 @@ class Opt:
         return self.values[0] if self.values else None
 
 
-@dataclass(slots=True)
 class RuleView:
-    rule: Rule
-    opts: list[Opt] = field(default_factory=list)
-    modules: list[str] = field(default_factory=list)
-    target: str | None = None
-    goto: bool = False
+    """The options of one rule as written: `opts` in order, the `-m` modules, the -j/-g target."""
+
+    __slots__ = ("rule", "_words", "_prog", "_opts")
+
+    def __init__(self, rule: Rule, words: list[str], prog: _Program) -> None:
+        self.rule = rule
+        self._words = words
+        self._prog = prog
+        self._opts: list[Opt] | None = None
+
+    @property
+    def opts(self) -> list[Opt]:
+        if self._opts is None:
+            self._opts = [self._opt(k) for k in range(len(self._prog.opts))]
+        return self._opts
+
+    @property
+    def modules(self) -> list[str]:
+        return list(self._prog.modules)
+
+    @property
+    def target(self) -> str | None:
+        t = self._prog.target
+        return self._words[t] if t is not None else None
+
+    @property
+    def goto(self) -> bool:
+        return self._prog.goto
+
+    def _opt(self, k: int) -> Opt:
+        if self._opts is not None:
+            return self._opts[k]
+        m, nm, ng, pos = self._prog.opts[k]
+        w = self._words
+        return Opt(m, nm, ng, (w[pos[0]],) if len(pos) == 1 else tuple([w[p] for p in pos]))
+
+    def shape_fact(self, name: str, fn: Callable[[RuleView], T]) -> T:
+        """fn(self), computed once for every rule of this shape: fn may look at what the shape fixes
+        (the options' modules, names, negations and number of values, the modules, goto) and nothing
+        else (not the values, not the target)."""
+        facts = self._prog.facts
+        if name in facts:
+            return facts[name]  # type: ignore[return-value]
+        v = facts[name] = fn(self)
+        return v
 
     # -------------------------------------------------------------- access
     @property
@@ -97,10 +178,9 @@ class RuleView:
         return self.rule.index
 
     def get(self, name: str, module: str | None = None) -> Opt | None:
-        for o in self.opts:
-            if o.name == name and (module is None or o.module == module):
-                return o
-        return None
+        """The first option called `name` (of `module`: "" the base options, "target" the -j's)."""
+        k = self._prog.first.get(name if module is None else (name, module))
+        return None if k is None else self._opt(k)
 
     def value(self, name: str, module: str | None = None) -> str | None:
         o = self.get(name, module)
@@ -165,14 +245,27 @@ _BASE = frozenset({"source", "destination", "protocol", "in-interface", "out-int
 _OLD_NEG = frozenset({"source", "destination", "in-interface", "out-interface", "protocol"})
 
 
-def view(rule: Rule) -> RuleView:
-    """Read a rule's `-A CHAIN ...` text into a RuleView (never raises)."""
-    pairs = _split(rule.text)
-    words = [w for w, _ in pairs]
+@dataclass(slots=True)
+class _Program:
+    """How the words of one shape group into options, by word position."""
+
+    opts: list[tuple[str, str, bool, tuple[int, ...]]]
+    modules: list[str]
+    target: int | None  # position of the target's word
+    goto: bool
+    # the first option of a name (key: name) and of a name in a module (key: (name, module))
+    first: dict[object, int]
+    # facts that depend on the shape only (see RuleView.shape_fact)
+    facts: dict[str, object]
+
+
+def _program(words: list[str], quoted: list[int]) -> _Program:
+    """Read the words the way iptables' option table would group them (never raises)."""
+    qset = set(quoted)
     # is_value[k]: word k is an option's value (quoted, or not shaped like an option)
-    is_value = [q or (w != "!" and not _is_flag(w)) for w, q in pairs]
+    is_value = [k in qset or (w != "!" and not _is_flag(w)) for k, w in enumerate(words)]
     n = len(words)
-    v = RuleView(rule=rule)
+    prog = _Program(opts=[], modules=[], target=None, goto=False, first={}, facts={})
     i = 0
     if n >= 2 and words[0] in ("-A", "--append", "-I", "--insert"):
         i = 2
@@ -180,7 +273,7 @@ def view(rule: Rule) -> RuleView:
             i += 1
     module = ""
     neg = False
-    opts = v.opts
+    opts = prog.opts
     while i < n:
         w = words[i]
         i += 1
@@ -193,29 +286,86 @@ def view(rule: Rule) -> RuleView:
         j = i
         while j < n and is_value[j]:
             j += 1
-        vals = words[i:j]
+        vals = tuple(range(i, j))
         i = j
         # older iptables-save wrote `-d ! 1.2.3.4`
         if not vals and i < n and words[i] == "!" and name in _OLD_NEG:
             neg = True
             if i + 1 < n:
-                vals = [words[i + 1]]
+                vals = (i + 1,)
             i += 2
         if name == "match":
-            module = vals[0].lower() if vals else ""
-            v.modules.append(module)
+            module = words[vals[0]].lower() if vals else ""
+            prog.modules.append(module)
             neg = False
             continue
         if name == "jump" or name == "goto":
-            v.target = vals[0] if vals else None
-            v.goto = name == "goto"
+            prog.target = vals[0] if vals else None
+            prog.goto = name == "goto"
             module = "target"
             neg = False
             continue
         owner = "" if name in _BASE and module != "target" else module
-        opts.append(Opt(owner, name, neg, tuple(vals)))
+        prog.first.setdefault(name, len(opts))
+        prog.first.setdefault((name, owner), len(opts))
+        opts.append((owner, name, neg, vals))
         neg = False
-    return v
+    return prog
+
+
+def _apply(rule: Rule, words: list[str], prog: _Program) -> RuleView:
+    return RuleView(rule, words, prog)
+
+
+def view_slow(rule: Rule) -> RuleView:
+    """Read a rule's `-A CHAIN ...` text into a RuleView, word by word (the reference for `view`)."""
+    pairs = _split(rule.text)
+    words = [w for w, _ in pairs]
+    return _apply(rule, words, _program(words, [k for k, (_, q) in enumerate(pairs) if q]))
+
+
+# shape of a line -> its program (bounded: a dump has few shapes, a fuzzer many)
+_PROGRAMS: dict[tuple[str, ...], _Program] = {}
+
+
+def _shape(text: str, words: list[str], quoted: list[int]) -> tuple[str, ...] | None:
+    """The words `_program` looks at, every other word blanked: lines of one shape group alike."""
+    if words and words[0] in ("-I", "--insert"):
+        return None  # whether the third word is a number decides; rare, not cached
+    key = [w if w[:1] == "-" or w == "!" else "" for w in words]
+    n = len(words)
+    if "match" in text:
+        # `-m`, `--match`, and any other spelling _program reads as "match" (`-match`, `---match`)
+        for k, w in enumerate(words[:-1]):
+            if w == "-m" or (w[:1] == "-" and w.lstrip("-") == "match"):
+                key[k + 1] = words[k + 1]  # the module's name decides the owner of what follows
+    else:
+        k = -1
+        while True:
+            try:
+                k = words.index("-m", k + 1)
+            except ValueError:
+                break
+            if k + 1 < n:
+                key[k + 1] = words[k + 1]
+    for k in quoted:
+        key[k] = "\x01" + key[k]
+    return tuple(key)
+
+
+def view(rule: Rule) -> RuleView:
+    """Read a rule's `-A CHAIN ...` text into a RuleView (never raises)."""
+    text = rule.text
+    words, quoted = _words(text)
+    key = _shape(text, words, quoted)
+    if key is None:
+        return _apply(rule, words, _program(words, quoted))
+    prog = _PROGRAMS.get(key)
+    if prog is None:
+        prog = _program(words, quoted)
+        if len(_PROGRAMS) < 20_000:
+            _PROGRAMS[key] = prog
+    return _apply(rule, words, prog)
 
 
 def _is_flag(word: str) -> bool:
