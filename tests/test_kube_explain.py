@@ -192,6 +192,12 @@ def test_localhost_node_port_route_localnet_finding(capsys: pytest.CaptureFixtur
     doc = explain(capsys, *args, "--sysctl", "net.ipv4.conf.all.route_localnet=0")
     assert codes(doc) == {"localhost-nodeport-route-localnet": "error"}
     assert "route_localnet=1" in doc["findings"][0]["message"]
+    # the kernel ORs the device's value with all's (IN_DEV_ROUTE_LOCALNET), any non-zero is on
+    off_all = ("--sysctl", "net.ipv4.conf.all.route_localnet=0")
+    doc = explain(capsys, *args, *off_all, "--sysctl", "net.ipv4.conf.eth0.route_localnet=2")
+    assert codes(doc) == {"localhost-nodeport-route-localnet": "info"}
+    doc = explain(capsys, *args, "--sysctl", "net.ipv4.conf.all.route_localnet=2")
+    assert codes(doc) == {"localhost-nodeport-route-localnet": "info"}
 
 
 def test_session_affinity_finding(capsys: pytest.CaptureFixture[str]) -> None:

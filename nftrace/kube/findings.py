@@ -54,6 +54,19 @@ def _sysctl(host: HostContext | None, *keys: str) -> tuple[str | None, str | Non
     return None, None
 
 
+def _route_localnet(host: HostContext | None, keys: list[str]) -> tuple[str | None, str | None]:
+    """IN_DEV_ROUTE_LOCALNET: on when the device's or `all`'s value is non-zero (any non-zero
+    integer, as the kernel reads it).  ("1", the key that is on) / ("0", the key read) / (None, None)."""
+    known = [(k, v) for k in keys if (v := _sysctl(host, k)[0]) is not None]
+    for k, v in known:
+        try:
+            if int(v, 0) != 0:
+                return "1", k
+        except ValueError:
+            continue
+    return ("0", known[0][0]) if known else (None, None)
+
+
 def _ns_name(svc: str) -> tuple[str, str]:
     base = svc.split(":", 1)[0]
     ns, _, name = base.partition("/")
@@ -310,7 +323,7 @@ def _localhost(
         keys = ["net.ipv4.conf.all.route_localnet"]
         if oif:
             keys.insert(0, f"net.ipv4.conf.{oif}.route_localnet")
-        val, key = _sysctl(host, *keys)
+        val, key = _route_localnet(host, keys)
         what = f"{b.get('service') or 'a Service'} via {dst}:{pkt.get('dport')}"
         if origin == "local" and val != "1":
             out.add(
