@@ -110,7 +110,8 @@ def packet_family(args: argparse.Namespace) -> str | None:
             text = Path(batch).read_text(encoding="utf-8", errors="replace")
         except OSError:
             return None  # the command reports the unreadable file itself
-    fams: set[str] = set()
+    # the first packet with an address decides (as cli._batch_family does): each line of the other
+    # family gets an error object of its own in the output (Contract 3)
     for line in text.splitlines():
         try:
             d = json.loads(line)
@@ -119,13 +120,8 @@ def packet_family(args: argparse.Namespace) -> str | None:
         if isinstance(d, dict):
             fam = _family_of(d.get("dst") or d.get("src") or "")
             if fam:
-                fams.add(fam)
-    if len(fams) > 1:
-        raise UsageError(
-            f"--batch {batch} mixes IPv4 and IPv6 packets, which are traced against different dumps "
-            "(iptables-save / ip6tables-save): split it by family"
-        )
-    return fams.pop() if fams else None
+                return fam
+    return None
 
 
 def load_snapshot_inputs(args: argparse.Namespace, family: str | None) -> tuple[Any, Any, Any]:

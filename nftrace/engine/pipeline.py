@@ -473,6 +473,7 @@ class Engine:
                 b.steps.append(self._route_step(r, "forward"))
                 b.result = self._result(b, "DROP", "dropped", {"stage": "forward", "reason": "TTL exceeded"})
                 return [b]
+            pkt.ttl -= 1  # ip_forward()/ip6_forward() decrement it before NF_INET_FORWARD (kernel trace)
             b.steps.append(self._route_step(r, "forward"))
             pkt.oif = r.oif
             b.stage = "forward"
