@@ -228,3 +228,10 @@ def test_a_mixed_batch_on_a_snapshot_takes_the_first_lines_family(capsys: Any, t
     assert "the packet is ipv4 but the rules are ipv6" in docs[1]["error"]
     docs = batch_docs(capsys, tmp_path, [v4, v6], "--snapshot", snap)
     assert docs[0]["branches"][0]["result"]["disposition"] == "forwarded" and docs[1]["line"] == 2
+
+
+def test_a_mixed_batch_with_a_flow_string_beside_it(capsys: Any, tmp_path: Path) -> None:
+    """A flow string that names no address (ignored with --batch) used to make the batch's family
+    be guessed from all its lines, and a mixed batch was refused whole."""
+    docs = batch_docs(capsys, tmp_path, [V4, V6], "--rules", FIREWALL, "udp")
+    assert "error" not in docs[0] and docs[1]["line"] == 2
