@@ -14,6 +14,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
+from nftrace.engine import natsel
 from nftrace.engine.env import Env
 from nftrace.engine.index import RulesetIndex
 from nftrace.engine.packet import Packet
@@ -340,6 +341,7 @@ class Engine:
         kind = req.kind
         new_addr: str | None = None
         new_port: int | None = None
+        range_note: str | None = None
         cur_addr = pkt.dst if manip == "dst" else pkt.src
         cur_port = pkt.dport if manip == "dst" else pkt.sport
         if kind == "NETMAP":
@@ -372,11 +374,17 @@ class Engine:
                 return
         else:
             new_addr = req.addr_lo
-            if req.addr_hi and req.addr_hi != req.addr_lo:
-                b.warnings.append(
-                    f"{kind} to an address range {req.addr_lo}-{req.addr_hi}: the kernel picks one by a hash "
-                    f"of the addresses; {req.addr_lo} assumed"
-                )
+            if req.addr_lo is not None and req.addr_hi is not None and req.addr_hi != req.addr_lo:
+                # the kernel's choice from the tuple (nf_nat_core.c get_unique_tuple): see natsel
+                zone, zone_problem = natsel.ct_zone(b.steps)
+                if zone_problem:
+                    b.warnings.append(f"{kind} to {req.addr_lo}-{req.addr_hi}: {zone_problem}")
+                choice = natsel.choose(
+                    req.addr_lo, req.addr_hi, manip=manip, src=pkt.src, dst=pkt.dst, sport=pkt.sport,
+                    port_lo=req.port_lo, port_hi=req.port_hi, random=req.random, persistent=req.persistent, zone=zone,
+                )  # fmt: skip
+                new_addr = choice.addr
+                range_note = natsel.range_note(choice, req.addr_lo, req.addr_hi, manip, zone, req.persistent)
         random_port = req.random and pkt.has_ports
         if req.port_lo is not None and pkt.has_ports and cur_port is not None:
             if req.port_lo <= cur_port <= (req.port_hi or req.port_lo) and (req.port_hi or req.port_lo) != req.port_lo:
@@ -414,6 +422,9 @@ class Engine:
         else:
             b.steps.append({"kind": "nat", "type": kind, "hook": hook, "before": before, "after": after,
                             "note": "no change"})  # fmt: skip
+        if range_note:
+            last = b.steps[-1]  # the dict just made
+            last["note"] = f"{range_note}; {last['note']}" if last.get("note") else range_note
 
     def _nat_dropped(self, b: Branch, hook: str, kind: str) -> dict[str, Any]:
         """The target found no address and returned NF_DROP: its rule's verdict is DROP (seen in the
@@ -473,8 +484,8 @@ class Engine:
                 b.steps.append(self._route_step(r, "forward"))
                 b.result = self._result(b, "DROP", "dropped", {"stage": "forward", "reason": "TTL exceeded"})
                 return [b]
-            pkt.ttl -= 1  # ip_forward()/ip6_forward() decrement it before NF_INET_FORWARD (kernel trace)
             b.steps.append(self._route_step(r, "forward"))
+            pkt.ttl -= 1  # ip_forward()/ip6_forward() decrement it before NF_INET_FORWARD (kernel trace)
             pkt.oif = r.oif
             b.stage = "forward"
             return [b]

@@ -206,7 +206,7 @@ def parse_dnat(items: list[Option], ctx: ParseCtx) -> TargetSpec:
 @target(
     "SNAT",
     options={"to-source": V, "random": F, "random-fully": F, "persistent": F},
-    why="rewrites the source; the first address of a range is assumed",
+    why="rewrites the source; from a range, the address the kernel hashes the tuple to",
     conntrack=True,
 )
 def parse_snat(items: list[Option], ctx: ParseCtx) -> TargetSpec:
