@@ -109,12 +109,23 @@ def _batch(args: argparse.Namespace, src: str, engine: Any, catalog: Any, host: 
 
 
 def run(args: argparse.Namespace) -> int:
+
+    rs, host, ipsets = load_inputs(args)
+    # the parsed rules live until the end: keep the collector from walking their millions of objects
+    # again at every full collection the catalogue's and the traces' own garbage sets off
+    gc.freeze()
+    try:
+        return _run(args, rs, host, ipsets)
+    finally:
+        gc.unfreeze()
+
+
+def _run(args: argparse.Namespace, rs: Any, host: Any, ipsets: Any) -> int:
     from nftrace.engine.packet import packet_from_dict
     from nftrace.engine.pipeline import Engine
     from nftrace.engine.walker import WalkOptions
     from nftrace.kube.catalog import build_catalog
 
-    rs, host, ipsets = load_inputs(args)
     catalog = build_catalog(rs, host, ipsets)
     if catalog.mode == "ipvs":
         from nftrace.kube.flows import add_ipvs_addresses
@@ -125,13 +136,8 @@ def run(args: argparse.Namespace) -> int:
     flow = _service_flow(args, catalog, host)
     if args.batch:
         src = _read(args.batch, "batch file")
-        # the parsed rules and the catalogue live until the end: keep the collector from walking their
-        # millions of objects again at every collection the traces' own garbage sets off
-        gc.freeze()
-        try:
-            _batch(args, src, engine, catalog, host)
-        finally:
-            gc.unfreeze()
+        gc.freeze()  # and the catalogue's
+        _batch(args, src, engine, catalog, host)
         return 0
     d = flow.packet if flow is not None else packet_dict(args)
     pkt, origin = packet_from_dict(d)
