@@ -149,7 +149,7 @@ class Engine:
             first.result = self._result(first, "DROP", "dropped", {"stage": "receive", "reason": bad})
         budget = [self.options.max_branches]
         done: list[Branch] = []
-        work = [first]
+        work = self._bridge_start(first, budget) if origin == "ingress" and bad is None else [first]
         guard = 0
         while work:
             guard += 1
@@ -192,6 +192,8 @@ class Engine:
         if st == "pre":
             return self._hook(b, env, budget, "PREROUTING", "route_in")
         if st == "route_in":
+            if b.pkt.bridged:
+                return self._bridge_route(b, budget)
             return self._route_in(b, budget)
         if st == "input":
             return self._hook(b, env, budget, "INPUT", "deliver")
@@ -492,6 +494,115 @@ class Engine:
         b.steps.append(self._route_step(r, "drop"))
         disp = "unroutable" if r.type in ("none", "unreachable", "prohibit", "blackhole") else "dropped"
         b.result = self._result(b, "DROP", disp, {"stage": "routing", "reason": r.reason, "type": r.type})
+        return [b]
+
+    # ------------------------------------------------------------------ bridge (br_netfilter)
+    def _bridge_of(self, iif: str | None) -> tuple[str, str | None] | None:
+        """(bridge, port) when iif names a Linux bridge or a port enslaved to one; port is None when
+        iif is the bridge itself (the port the frame came in by is then not known)."""
+        link = self.host.link(iif) if iif else None
+        if link is None:
+            return None
+        if link.kind == "bridge":
+            return link.name, None
+        master = self.host.link(link.master) if link.master else None
+        if master is not None and master.kind == "bridge":
+            return master.name, link.name
+        return None
+
+    def _on_bridge_subnet(self, bridge: str, dst: str) -> bool:
+        """Whether dst is a unicast host of one of the bridge's connected IPv4 subnets (not one of
+        this host's addresses, not the subnet's broadcast address, not multicast)."""
+        link = self.host.link(bridge)
+        a = ipaddress.ip_address(dst)
+        if link is None or a.version != 4 or a.is_multicast or int(a) == 0xFFFFFFFF or self.fib.is_local(dst):
+            return False
+        for cidr in link.addresses:
+            net = ipaddress.ip_interface(cidr).network
+            if net.version == 4 and a in net and (net.prefixlen >= 31 or a != net.broadcast_address):
+                return True
+        return False
+
+    def _bridge_start(self, b: Branch, budget: list[int]) -> list[Branch]:
+        """An IPv4 packet arriving on a bridge (or a port of one): the IP layer sees it on the bridge
+        device.  Addressed to another host of the bridge's subnet it is bridged, not routed: with
+        net.bridge.bridge-nf-call-iptables=1 (br_netfilter) it still crosses PREROUTING, FORWARD
+        and POSTROUTING with -i/-o the bridge and physdev the ports, with no routing decision,
+        ip_forward, rp_filter or TTL decrement; with 0 iptables never sees it (kernel trace)."""
+        pkt = b.pkt
+        found = self._bridge_of(pkt.iif) if pkt.family == "ipv4" else None
+        if found is None:
+            return [b]
+        bridge, port = found
+        pkt.iif = bridge  # the IP layer (and -i) sees the bridge device, never the port
+        pkt.physdev_in = port
+        if not self._on_bridge_subnet(bridge, pkt.dst):
+            return [b]  # to this host, broadcast/multicast or elsewhere: the IP layer routes it
+        key = "net.bridge.bridge-nf-call-iptables"
+        raw = self.host.sysctl(key)
+        num = self.fib._int_sysctl(key)  # as the kernel reads what was written (0x1, 01 ...)
+        value = None if num is None else num != 0
+        where = f"bridged by {bridge}: {pkt.dst} is on its subnet and not this host's"
+        out: list[Branch] = []
+        if value is None and budget[0] > 0:
+            budget[0] -= 1
+            other = b.fork()
+            other.unknown = True
+            other.conditions.append(f"{where}: assumed {key}=0: iptables does not see bridged packets")
+            out.append(self._bridge_unseen(other, bridge, f"{key} unknown, assumed 0"))
+            b.unknown = True
+            b.conditions.append(f"{where}: assumed {key}=1 (br_netfilter): iptables sees bridged packets")
+        elif value is None:
+            b.warnings.append(f"branch limit reached: {where}: {key}=0 (iptables not called) is not explored")
+            b.unknown = True
+            b.conditions.append(f"{where}: assumed {key}=1 (br_netfilter): iptables sees bridged packets")
+        elif not value:
+            return [self._bridge_unseen(b, bridge, f"{key}={raw}")]
+        pkt.bridged = True
+        pkt.oif = None
+        b.stage = "pre"
+        return [b, *out]
+
+    def _bridge_step(self, bridge: str, sysctl: str, reason: str) -> dict[str, Any]:
+        return {"kind": "route", "result": "forward", "type": "bridged", "oif": bridge, "via": None,
+                "table": None, "reason": reason, "bridged": True, "bridge": bridge, "sysctl": sysctl}  # fmt: skip
+
+    def _bridge_unseen(self, b: Branch, bridge: str, sysctl: str) -> Branch:
+        b.steps.append(self._bridge_step(bridge, sysctl, f"bridged by {bridge}; {sysctl}: iptables does not see it"))
+        b.pkt.oif = bridge
+        b.result = self._result(b, "ACCEPT", "forwarded", None)
+        return b
+
+    def _bridge_route(self, b: Branch, budget: list[int]) -> list[Branch]:
+        """After PREROUTING of a bridged packet: bridged on unless a DNAT changed its destination, in
+        which case br_netfilter looks the new destination up (seen: still bridged when it stays on
+        the bridge and forwarding is on; dropped with forwarding off)."""
+        pkt = b.pkt
+        bridge = pkt.iif or ""
+        key = "net.bridge.bridge-nf-call-iptables"
+        raw = self.host.sysctl(key)
+        sysctl = f"{key}={raw}" if raw is not None else f"{key} unknown, assumed 1"
+        if pkt.dst == pkt.orig_dst:
+            b.steps.append(self._bridge_step(bridge, sysctl, f"bridged by {bridge} (no routing decision, "
+                                             "no ip_forward/rp_filter check, TTL kept); " + sysctl))  # fmt: skip
+        elif self._on_bridge_subnet(bridge, pkt.dst):
+            fwd, fwd_key = self.fib._forwarding(bridge)
+            if not fwd:
+                step = self._bridge_step(bridge, sysctl, f"DNAT to {pkt.dst} on {bridge}: br_netfilter re-routes "
+                                         f"it and {fwd_key}=0 drops it")  # fmt: skip
+                step["result"] = "drop"
+                b.steps.append(step)
+                b.result = self._result(b, "DROP", "dropped", {"stage": "routing", "reason": step["reason"]})
+                return [b]
+            note = f"{fwd_key}=1" if fwd_key else "forwarding unknown, assumed 1"
+            b.steps.append(self._bridge_step(bridge, sysctl, f"DNAT to {pkt.dst}: br_netfilter re-routes it; still on "
+                                             f"{bridge} ({note}): bridged (TTL kept); " + sysctl))  # fmt: skip
+        else:
+            # the new destination is this host or behind another device: the IP layer takes it
+            pkt.bridged = False
+            return self._route_in(b, budget)
+        pkt.oif = bridge
+        b.stage = "forward"
         return [b]
 
     def _always_joined(self, pkt: Packet) -> bool:
