@@ -100,3 +100,11 @@ def test_bad_input_names_file_and_line(body: str, needle: str) -> None:
     msg = ei.value.one_line()
     assert "bad.rules:" in msg and needle in msg
     assert "\n" not in msg
+
+
+def test_a_quoted_chain_word_is_not_kept_in_the_rule_text() -> None:
+    """iptables-restore 1.8.9 loads `-A "INPUT" -j ACCEPT` and iptables-save prints `-A INPUT -j ACCEPT`
+    (checked in a namespace); the rule's text used to keep the closing quote (`-A INPUT" -j ACCEPT`)."""
+    text = '*filter\n:INPUT ACCEPT [0:0]\n-A "INPUT" -j ACCEPT\n-A INPUT -m comment --comment "a b" -j DROP\nCOMMIT\n'
+    rules = parse_rules(text, "q.rules").tables["filter"].chains["INPUT"].rules
+    assert [r.text for r in rules] == ["-A INPUT -j ACCEPT", '-A INPUT -m comment --comment "a b" -j DROP']

@@ -1267,22 +1267,24 @@ def _rule_text(body: str, tokens: list[str], c: _Cmd) -> str:
 
 
 def _rule_text_of(body: str, tokens: list[str], used: list[int], dropped: list[int]) -> str:
+    # the usual case: the command is first (`-A CHAIN ...`, as iptables-save writes every rule);
+    # keep the original text of the rest (and its quoting), unless a word of the command was quoted
     if used == _USED_A and not dropped and body.startswith("-A "):
-        # `-A CHAIN ...`, the way iptables-save writes every rule
         t = tokens[1]
-        pos = body.find(t, 3)
-        rest = body[pos + len(t) :].strip()
-        return (" " + rest) if rest else ""
-    skip = set(used) | set(dropped)
+        pos = body.find(t, 3) + len(t)
+        if body[pos : pos + 1] in ("", " ", "\t"):
+            rest = body[pos:].strip()
+            return (" " + rest) if rest else ""
     k = len(used)
     if not dropped and used == list(range(k)):
-        # the usual case: the command is first; keep the original text (and its quoting)
         pos = 0
         for j in range(k):
             t = tokens[j]
             pos = body.find(t, pos) + len(t)
-        rest = body[pos:].strip()
-        return (" " + rest) if rest else ""
+        if body[pos : pos + 1] in ("", " ", "\t"):
+            rest = body[pos:].strip()
+            return (" " + rest) if rest else ""
+    skip = set(used) | set(dropped)
     rest_toks = [_requote(t) for j, t in enumerate(tokens) if j not in skip]
     return (" " + " ".join(rest_toks)) if rest_toks else ""
 
