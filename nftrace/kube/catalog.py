@@ -36,7 +36,6 @@ everything at once; `Catalog.to_json` does.
 from __future__ import annotations
 
 import contextlib
-import gc
 import ipaddress
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -44,6 +43,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
+from nftrace.gcquiet import quiet_gc
 from nftrace.kube.ruleview import RuleView, view
 from nftrace.ruleset.ext.misc import kernel_probability
 from nftrace.ruleset.model import Chain, Rule, Ruleset, Table
@@ -237,7 +237,7 @@ class Service:
         b = self._pending
         if b is not None:
             self._pending = None
-            with _QuietGC():
+            with quiet_gc():  # tens of thousands of objects next to a dump of millions: no garbage
                 b.details(self)
 
     @property
@@ -326,7 +326,7 @@ class Service:
         b = self._masq_pending
         if b is not None:  # a trace never needs them: read on their own first use
             self._masq_pending = None
-            with _QuietGC():
+            with quiet_gc():  # tens of thousands of objects next to a dump of millions: no garbage
                 b.masquerades(self)
 
     @property
@@ -607,7 +607,7 @@ class Catalog:
 
     def to_json(self) -> dict[str, Any]:
         self._complete()
-        with _QuietGC():  # a document of a million objects at 10k Services
+        with quiet_gc():  # tens of thousands of objects next to a dump of millions: no garbage  # a document of a million objects at 10k Services
             return {
                 "schema": SCHEMA,
                 "mode": self.mode,
@@ -624,25 +624,12 @@ class Catalog:
 # ---------------------------------------------------------------------------- building
 
 
-class _QuietGC:
-    """No garbage collection while reading: the catalogue makes tens of thousands of objects, none of
-    them garbage, next to a parsed dump of millions the collector would traverse again and again."""
-
-    def __enter__(self) -> None:
-        self.enabled = gc.isenabled()
-        gc.disable()
-
-    def __exit__(self, *exc: object) -> None:
-        if self.enabled:
-            gc.enable()
-
-
 def build_catalog(ruleset: Ruleset, host: HostContext | None = None, ipsets: IpSets | None = None) -> Catalog:
     """The catalogue of `ruleset`; `host` (when known) decides which endpoints are on this node.
 
     The entry points (KUBE-SERVICES, KUBE-NODEPORTS, the filter chains, Docker) are read now; each
     Service's own chains when first asked for (see Service)."""
-    with _QuietGC():
+    with quiet_gc():  # tens of thousands of objects next to a dump of millions: no garbage
         return _Builder(ruleset, host, ipsets).build()
 
 
@@ -799,7 +786,7 @@ class _Builder:
         if self._finished:
             return
         self._finished = True
-        with _QuietGC():
+        with quiet_gc():  # tens of thousands of objects next to a dump of millions: no garbage
             self._finish()
 
     def _finish(self) -> None:
@@ -864,7 +851,7 @@ class _Builder:
             # the chains that jump to each chain (a target that is no chain, ACCEPT ..., is never asked for)
             parents: dict[str, list[str]] = {}
             if self.nat is not None:
-                with _QuietGC():
+                with quiet_gc():  # tens of thousands of objects next to a dump of millions: no garbage
                     for name, c in self.nat.chains.items():
                         for r in c.rules:
                             j = r.jump

@@ -20,12 +20,13 @@ unpickling runs code.  The eight most recently used entries are kept.
 from __future__ import annotations
 
 import contextlib
-import gc
 import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from nftrace.gcquiet import quiet_gc
 
 if TYPE_CHECKING:
     from nftrace.ruleset.model import Ruleset
@@ -99,13 +100,8 @@ def load(d: Path, key: str) -> Ruleset | None:
     try:
         if not data.startswith(head):
             raise ValueError("not a cache entry of this format")
-        enabled = gc.isenabled()
-        gc.disable()  # a million objects at once: the collector would traverse them again and again
-        try:
+        with quiet_gc():  # a million objects at once: the collector would traverse them again and again
             rs = pickle.loads(memoryview(data)[len(head) :])
-        finally:
-            if enabled:
-                gc.enable()
         if not isinstance(rs, Ruleset):
             raise ValueError("not a ruleset")
     except Exception:
@@ -127,13 +123,8 @@ def store(d: Path, key: str, rs: Ruleset) -> bool:
         d.mkdir(mode=0o700, parents=True, exist_ok=True)
         if not _private(d):
             return False
-        enabled = gc.isenabled()
-        gc.disable()  # the pickler's memo holds a tuple per object: no garbage to look for
-        try:
+        with quiet_gc():  # the pickler's memo holds a tuple per object: no garbage to look for
             payload = pickle.dumps(rs, protocol=pickle.HIGHEST_PROTOCOL)
-        finally:
-            if enabled:
-                gc.enable()
     except Exception:
         return False  # e.g. an extension object pickle cannot rebuild: no cache for this dump
     tmp = None
@@ -164,11 +155,7 @@ def _prune(d: Path) -> None:
 
 
 def cached_parse(parse: Callable[..., Ruleset], text: str, filename: str, family: str | None, strict: bool) -> Ruleset:
-    """parse(text, filename, family, strict=strict), through the cache when it is on.
-
-    The cyclic garbage collector is paused while the model is built: parsing allocates
-    over a million long-lived objects for a kube-proxy dump, and the collector would walk
-    them repeatedly (about 15% of the parse) to find no garbage."""
+    """parse(text, filename, family, strict=strict), through the cache when it is on."""
     global last_status
     d = cache_dir()
     key = None
@@ -179,13 +166,7 @@ def cached_parse(parse: Callable[..., Ruleset], text: str, filename: str, family
         if hit is not None:
             last_status = "hit"
             return hit
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        rs = parse(text, filename, family, strict=strict)
-    finally:
-        if enabled:
-            gc.enable()
+    rs = parse(text, filename, family, strict=strict)
     if d is not None and key is not None:
         last_status = "stored" if store(d, key, rs) else "miss"
     return rs
