@@ -96,6 +96,26 @@ _CASES = {
     "other family line": "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -6 -j ACCEPT\n-A INPUT -4 -j DROP\nCOMMIT\n",
     "quoted option word": '*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -m comment --comment "-t" -j ACCEPT\n'
     "-A INPUT -m comment --comment -t -j ACCEPT\nCOMMIT\n",
+    # lines a known shape's regular expression must not read as that shape
+    "value that is an extension name": "*filter\n:INPUT ACCEPT [0:0]\n:tcp - [0:0]\n"
+    "-A INPUT -s 10.0.0.1/32 -j ACCEPT\n-A INPUT -s tcp -j ACCEPT\n-A INPUT -j tcp\nCOMMIT\n",
+    "quoted value that is an extension name": "*filter\n:INPUT ACCEPT [0:0]\n"
+    '-A INPUT -m comment --comment "a b" -j ACCEPT\n-A INPUT -m comment --comment "tcp" -j ACCEPT\n'
+    '-A INPUT -m comment --comment "udp" -p udp -j ACCEPT\nCOMMIT\n',
+    "two blanks between words": "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -s 10.0.0.1/32 -j ACCEPT\n"
+    "-A INPUT -s  10.0.0.2/32 -j ACCEPT\n-A INPUT\t-s 10.0.0.3/32 -j ACCEPT\nCOMMIT\n",
+    "a word joined to a quote": "*filter\n:INPUT ACCEPT [0:0]\n"
+    '-A INPUT -m comment --comment "x y" -j ACCEPT\n-A INPUT -m comment --comment ab"x y" -j ACCEPT\n'
+    '-A INPUT -m comment --comment "x y"z -j ACCEPT\nCOMMIT\n',
+    "empty, dashed and escaped quoted values": "*filter\n:INPUT ACCEPT [0:0]\n"
+    '-A INPUT -m comment --comment "x y" -j ACCEPT\n-A INPUT -m comment --comment "" -j ACCEPT\n'
+    '-A INPUT -m comment --comment "-x" -j ACCEPT\n-A INPUT -m comment --comment "!x" -j ACCEPT\n'
+    '-A INPUT -m comment --comment "a\\"b" -j ACCEPT\n-A INPUT -m comment --comment "a\\\\b" -j ACCEPT\nCOMMIT\n',
+    "quoted chain and quoted literal": "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -s 10.0.0.1/32 -j ACCEPT\n"
+    '-A "INPUT" -s 10.0.0.2/32 -j ACCEPT\n-A INPUT "-s" 10.0.0.3/32 -j ACCEPT\n-A INPUT -s 10.0.0.4/32 -j "ACCEPT"\n'
+    "COMMIT\n",
+    "value before the chain": "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -s 10.0.0.1/32 -j ACCEPT\n"
+    "-s 10.0.0.2/32 -A INPUT -j ACCEPT\nCOMMIT\n",
     "comment too long in a known shape": "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -m comment --comment a -j ACCEPT\n"
     f"-A INPUT -m comment --comment {'b' * 300} -j ACCEPT\nCOMMIT\n",
     "target of another table in a known shape": "*nat\n:PREROUTING ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n"
@@ -134,6 +154,27 @@ def test_shapes_are_shared() -> None:
         parser._make_shape = real  # type: ignore[assignment]
     assert rs.rule_count() > 3000
     assert 0 < len(seen) < 100
+
+
+def test_most_kube_lines_are_read_by_a_shapes_regular_expression() -> None:
+    """The signature finds the shape of nearly every line without splitting it into words."""
+    from benchmarks.gen_kube import generate
+
+    text = generate(300, 3, seed=7).text
+    split: list[int] = []
+    real = parser._tokenized_rule
+
+    def counting(*a: Any) -> bool:
+        split.append(1)
+        return real(*a)
+
+    parser._tokenized_rule = counting  # type: ignore[assignment]
+    try:
+        rs = parser._parse_rules(text, "kube300", None, strict=True)
+    finally:
+        parser._tokenized_rule = real  # type: ignore[assignment]
+    assert rs.rule_count() > 3000
+    assert 0 < len(split) < 200
 
 
 @st.composite

@@ -42,11 +42,12 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Callable, Container
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 
 from nftrace.errors import InputError
+from nftrace.gcquiet import quiet_gc
 from nftrace.ruleset import registry
 from nftrace.ruleset.canonical import canonical_text
 from nftrace.ruleset.ext.basic import basic_match, protocol_number, protocol_save_name
@@ -608,13 +609,18 @@ def _build(inst: _Inst, ctx: ParseCtx) -> MatchSpec | TargetSpec:
     if cached is not None:
         assert isinstance(cached, (MatchSpec, TargetSpec))
         return cached
-    spec: MatchSpec | TargetSpec = d.parse(inst.opts, ctx)
+    spec = _parse_section(d, inst.opts, ctx)
+    if len(_SECTION_CACHE) < 200_000:
+        _SECTION_CACHE[key] = spec
+    return spec
+
+
+def _parse_section(d: ExtDef, opts: list[Option], ctx: ParseCtx) -> MatchSpec | TargetSpec:
+    spec: MatchSpec | TargetSpec = d.parse(opts, ctx)
     tables = spec.tables
     if tables is not None and ctx.table not in tables:
         what = "target" if d.kind == "target" else "match"
         raise ctx.error(f"{what} {d.name} is only valid in table(s) {', '.join(tables)}, not {ctx.table}")
-    if len(_SECTION_CACHE) < 200_000:
-        _SECTION_CACHE[key] = spec
     return spec
 
 
@@ -730,13 +736,17 @@ def _substitute_addr(text: str, c: _Cmd, s: str | None, d: str | None) -> str:
 
 
 class _Section:
-    """An extension section of a shape: its options with placeholders, and specs by value."""
+    """An extension section of a shape: its options with placeholders, and specs by value.
+
+    Every section of a shape (the -s/-d/-i/... matches, the -m sections, the target) answers
+    `specs.get(key(vals))` with the spec of a line's values when they were parsed before;
+    `build` parses them (None: only the full path can, e.g. an address list)."""
 
     __slots__ = ("d", "opts", "key", "specs")
 
     def __init__(self, d: ExtDef, opts: list[Option], slot_of: dict[str, int]) -> None:
         self.d = d
-        # each option as written when it has no placeholder, else (name, negated, [token index or -1,
+        # each option as written when it has no placeholder, else (name, negated, [value index or -1,
         # literal value])
         self.opts: list[Option | tuple[str, bool, list[tuple[int, str]]]] = []
         slots: list[int] = []
@@ -748,56 +758,123 @@ class _Section:
                 self.opts.append((o.name, o.negated, vals))
                 slots.extend(k for k, _ in vals if k >= 0)
         # the values of the slots, as a tuple (or one string); specs are keyed by it
-        self.key: Callable[[list[str]], object] = itemgetter(*slots) if slots else _no_key
+        self.key: Callable[[Sequence[str]], object] = itemgetter(*slots) if slots else _no_key
         self.specs: dict[object, MatchSpec | TargetSpec] = {}
 
-    def build(self, toks: list[str], ctx: ParseCtx) -> MatchSpec | TargetSpec:
+    def build(self, vals: Sequence[str], ctx: ParseCtx) -> MatchSpec | TargetSpec | None:
+        # not through _build's cache: the shape's own (specs) already shares a section by its values
         opts = [
-            o if isinstance(o, Option) else Option(o[0], o[1], tuple([toks[k] if k >= 0 else v for k, v in o[2]]))
+            o if isinstance(o, Option) else Option(o[0], o[1], tuple([vals[k] if k >= 0 else v for k, v in o[2]]))
             for o in self.opts
         ]
-        return _build(_Inst(self.d, opts), ctx)
+        return _parse_section(self.d, opts, ctx)
 
 
-def _no_key(toks: list[str]) -> None:
+class _BasicSection:
+    """A -s/-d/-i/-o/-p/-f option of a shape, as a section (see _Section)."""
+
+    __slots__ = ("code", "neg", "slot", "key", "specs")
+
+    def __init__(self, code: str, neg: bool, val: str, slot: int, ctx: ParseCtx) -> None:
+        self.code = code
+        self.neg = neg
+        self.slot = slot
+        self.specs: dict[object, MatchSpec | TargetSpec] = {}
+        if slot < 0:  # a literal word: parsed now, the same for every line
+            self.key: Callable[[Sequence[str]], object] = _no_key
+            self.specs[None] = _basic(code, neg, val, ctx)
+        else:
+            self.key = itemgetter(slot)
+
+    def build(self, vals: Sequence[str], ctx: ParseCtx) -> MatchSpec | None:
+        val = vals[self.slot]
+        if "," in val and (self.code == "s" or self.code == "d"):
+            return None  # an address list: several rules (the full path)
+        return _basic(self.code, self.neg, val, ctx)
+
+
+def _no_key(vals: Sequence[str]) -> None:
     return None
 
 
+def _one(k: int) -> Callable[[list[str]], Sequence[str]]:
+    def pick(toks: list[str]) -> Sequence[str]:
+        return (toks[k],)
+
+    return pick
+
+
+# an unquoted word a placeholder stands for, and a quoted one without escapes (see _Shape.rx)
+_RX_WORD = r'([^-! \t"][^ \t"]*)'
+_RX_QUOTED = r'"([^-!"\\][^"\\]*)"'
+
+
 class _Shape:
-    """How every line of one shape parses: getopt's result with the values as token indexes."""
+    """How every line of one shape parses: getopt's result with the values as indexes.
+
+    A line's values are its placeholder words in order (vals[0] is the chain); `rx`, when
+    set, reads them straight from a line: it matches exactly the lines whose words (split
+    as _tokenize splits a plain ASCII line) have this shape, given that no value is a word
+    kept literally (_KEEP), which the caller checks."""
 
     __slots__ = (
-        "slot_of", "chain_slot", "used", "dropped", "basics", "matches", "target", "jump_slot", "jump",
-        "goto", "protocol", "proto_negated", "proto_num", "has_i", "has_o",
+        "pick", "used", "dropped", "matches", "target", "jump_slot", "jump",
+        "goto", "protocol", "proto_negated", "proto_num", "no_chains", "rx",
     )  # fmt: skip
 
-    def __init__(self, c: _Cmd, slot_of: dict[str, int], ctx: ParseCtx) -> None:
-        self.slot_of = slot_of
+    def __init__(
+        self, c: _Cmd, slot_of: dict[str, int], ctx: ParseCtx, tokens: list[str], quoted: frozenset[int]
+    ) -> None:
         assert c.chain is not None
-        self.chain_slot = slot_of[c.chain]
+        order = sorted(slot_of.values())  # token indexes of the values
+        val_of = {ph: order.index(k) for ph, k in slot_of.items()}  # placeholder -> value index
+        assert val_of[c.chain] == 0  # the chain is the first placeholder (word 1 of `-A CHAIN`)
+        # a line's values from its words (a tuple, as itemgetter gives for two or more)
+        self.pick: Callable[[list[str]], Sequence[str]] = itemgetter(*order) if len(order) > 1 else _one(order[0])
         self.used = c.used
         self.dropped = c.dropped
-        # (code, negated, slot, spec): spec when the value is a literal word, else the slot
-        self.basics: list[tuple[str, bool, int, MatchSpec | None]] = []
+        # the matches' sections in the rule's order: -s/-d/-i/-o/... first, then the -m sections
+        self.matches: list[_Section | _BasicSection] = []
         for code in c.order:
             if code == "j":
                 continue
             neg, val = c.basics[code]
-            slot = slot_of.get(val, -1)
-            self.basics.append((code, neg, slot, None if slot >= 0 else _basic(code, neg, val, ctx)))
-        self.matches = [_Section(i.d, i.opts, slot_of) for i in c.matches]
-        self.target = _Section(c.target.d, c.target.opts, slot_of) if c.target is not None else None
-        self.jump_slot = slot_of.get(c.jump, -1) if c.jump is not None else -1
+            self.matches.append(_BasicSection(code, neg, val, val_of.get(val, -1), ctx))
+        self.matches.extend(_Section(i.d, i.opts, val_of) for i in c.matches)
+        self.target = _Section(c.target.d, c.target.opts, val_of) if c.target is not None else None
+        self.jump_slot = val_of.get(c.jump, -1) if c.jump is not None else -1
         self.jump = c.jump
         self.goto = c.goto
         self.protocol = ctx.protocol
         self.proto_negated = ctx.proto_negated
         self.proto_num = ctx.proto_num
-        self.has_i = "i" in c.basics
-        self.has_o = "o" in c.basics
+        # the chains -i or -o make the line an error in (the full path says which)
+        no: set[str] = set()
+        if "o" in c.basics:
+            no |= {"PREROUTING", "INPUT"}
+        if "i" in c.basics:
+            no |= {"POSTROUTING", "OUTPUT"}
+        self.no_chains = frozenset(no)
+        self.rx = _shape_rx(tokens, quoted, set(order), c)
 
     def ctx(self, filename: str, lineno: int, table: str, chain: str, family: str) -> ParseCtx:
         return ParseCtx(filename, lineno, table, chain, family, self.protocol, self.proto_negated, self.proto_num)
+
+
+def _shape_rx(tokens: list[str], quoted: frozenset[int], slots: set[int], c: _Cmd) -> re.Pattern[str] | None:
+    """The regular expression of a shape's lines, as iptables-save writes them: one blank between
+    words, none at the end, the rule text the line itself; None for other shapes."""
+    if c.used != _USED_A or c.dropped or tokens[0] != "-A" or 1 in quoted:
+        return None
+    parts = []
+    for k, t in enumerate(tokens):
+        if k in slots:
+            parts.append(_RX_QUOTED if k in quoted else _RX_WORD)
+        elif k in quoted:
+            return None  # a literal word in quotes: rare; such lines take the tokenizer
+        else:
+            parts.append(re.escape(t))
+    return re.compile(" ".join(parts) + r"\Z")
 
 
 class _WithPlaceholders:
@@ -850,66 +927,101 @@ def _make_shape(st: _TableState, tokens: list[str], quoted: frozenset[int], ctx:
             return _NO_SHAPE
         if ctx.protocol is not None and ctx.protocol in slot_of:
             return _NO_SHAPE  # -p 6: the protocol decides which match -p loads
-        return _Shape(c, slot_of, ctx)
+        if min(slot_of.values()) != slot_of[c.chain]:
+            return _NO_SHAPE  # a value before the chain (`-s 1.2.3.4 -A INPUT`): the full path
+        return _Shape(c, slot_of, ctx, tokens, quoted)
     except InputError:
         return _NO_SHAPE
 
 
 def _shaped_rule(
-    shape: _Shape, st: _TableState, tokens: list[str], body: str, filename: str, lineno: int, family: str
-) -> Rule | None:
-    """The rule of an -A line of a known shape; None when the full path must decide (it raises)."""
-    cname = tokens[shape.chain_slot]
+    shape: _Shape,
+    st: _TableState,
+    vals: Sequence[str],
+    body: str,
+    tokens: list[str] | None,
+    filename: str,
+    lineno: int,
+    family: str,
+) -> bool:
+    """Append the rule of an -A line of a known shape; False when the full path must decide (it raises).
+
+    vals: the line's values (shape.pick of its words, or shape.rx's groups); tokens: its words,
+    or None when shape.rx read the line (whose rule text is then the line itself)."""
+    cname = vals[0]
     table = st.table
     chain = table.chains.get(cname)
-    if chain is None:
-        return None
-    if shape.has_o and cname in ("PREROUTING", "INPUT") or shape.has_i and cname in ("POSTROUTING", "OUTPUT"):
-        return None
+    if chain is None or cname in shape.no_chains:
+        return False
     jump = shape.jump
     if shape.jump_slot >= 0:
-        jump = tokens[shape.jump_slot]
+        jump = vals[shape.jump_slot]
         if jump not in st.declared:
-            return None
-    ctx: ParseCtx | None = None  # made only for a value not parsed before
-    matches: list[MatchSpec] = []
-    try:
-        for code, neg, slot, spec in shape.basics:
-            if spec is None:
-                val = tokens[slot]
-                if "," in val and (code == "s" or code == "d"):
-                    return None
-                spec = _BASIC_CACHE.get((code, neg, val, family))
-                if spec is None:
-                    if ctx is None:
-                        ctx = shape.ctx(filename, lineno, table.name, cname, family)
-                    spec = _basic(code, neg, val, ctx)
-            matches.append(spec)
-        for sec in shape.matches:
-            key = sec.key(tokens)
-            m = sec.specs.get(key)
-            if m is None:
-                if ctx is None:
-                    ctx = shape.ctx(filename, lineno, table.name, cname, family)
-                m = sec.specs[key] = sec.build(tokens, ctx)
-            matches.append(m)  # type: ignore[arg-type]
-        tgt: TargetSpec | None = None
-        tsec = shape.target
-        if tsec is not None:
-            key = tsec.key(tokens)
-            t = tsec.specs.get(key)
-            if t is None:
-                if ctx is None:
-                    ctx = shape.ctx(filename, lineno, table.name, cname, family)
-                t = tsec.specs[key] = tsec.build(tokens, ctx)
-            tgt = t  # type: ignore[assignment]
-    except InputError:
-        return None
-    text = "-A " + cname + _rule_text_of(body, tokens, shape.used, shape.dropped)
-    return Rule(table.name, cname, text, lineno, matches, tgt, jump, shape.goto, 0, shape.protocol, shape.proto_negated)
+            return False
+    matches: list[MatchSpec | TargetSpec | None] = [sec.specs.get(sec.key(vals)) for sec in shape.matches]
+    tsec = shape.target
+    tgt = None if tsec is None else tsec.specs.get(tsec.key(vals))
+    if None in matches or tgt is None and tsec is not None:
+        # values not parsed before in this shape
+        ctx = shape.ctx(filename, lineno, table.name, cname, family)
+        try:
+            for k, sec in enumerate(shape.matches):
+                if matches[k] is None:
+                    spec = sec.build(vals, ctx)
+                    if spec is None:
+                        return False
+                    matches[k] = sec.specs[sec.key(vals)] = spec
+            if tsec is not None and tgt is None:
+                tgt = tsec.build(vals, ctx)
+                if tgt is None:
+                    return False
+                tsec.specs[tsec.key(vals)] = tgt
+        except InputError:
+            return False
+    text = body if tokens is None else "-A " + cname + _rule_text_of(body, tokens, shape.used, shape.dropped)
+    rules = chain.rules
+    rules.append(
+        Rule(
+            table.name, cname, text, lineno, matches, tgt, jump, shape.goto, len(rules) + 1,  # type: ignore[arg-type]
+            shape.protocol, shape.proto_negated,
+        )
+    )  # fmt: skip
+    if chain.line == 0 and chain.policy is not None:
+        chain.line = lineno  # a rule creates the base chain (iptables-nft)
+    return True
 
 
 # ------------------------------------------------------------------ the file
+
+
+def _tokenized_rule(st: _TableState, line: str, sig: object, filename: str, lineno: int, family: str) -> bool:
+    """Append the rule of an -A line by its words and shape; False when the full path must decide.
+
+    sig: the line's signature when the text is plain (see _parse_text), else None."""
+    tokens, quoted, open_quote = _tokenize(line, sig is not None)
+    if open_quote:
+        return False
+    keep = _KEEP
+    key = (tuple([t if t[:1] in "-!" or t in keep else "" for t in tokens]), quoted)
+    shape = st.shapes.get(key)
+    if shape is None:
+        ctx = ParseCtx(filename, lineno, st.table.name, "", family, None)
+        shape = st.shapes[key] = _make_shape(st, tokens, quoted, ctx)
+    if not isinstance(shape, _Shape):
+        return False
+    if sig is not None and shape.rx is not None:
+        # the next lines of this signature try this shape's regular expression first
+        known = st.by_sig.setdefault(sig, [])
+        if shape not in known and len(known) < _PER_SIG:
+            known.append(shape)
+    return _shaped_rule(shape, st, shape.pick(tokens), line, tokens, filename, lineno, family)
+
+
+# Lines of a plain text are sorted by a signature (the first word after the chain, the number
+# of words starting with a dash, the start of the last such word) before their words are split:
+# the shapes met for it are tried first, by their regular expressions.  The signature only
+# picks which to try: a line no regular expression matches is split into words as before.
+_PER_SIG = 8
 
 
 @dataclass(slots=True)
@@ -918,11 +1030,17 @@ class _TableState:
     declared: set[str]  # chains that exist at this point (built-in and user)
     #: shape of a command line -> _Shape or _NO_SHAPE (see _make_shape)
     shapes: dict[tuple[tuple[str, ...], frozenset[int]], object] = field(default_factory=dict)
+    #: a line's signature -> the shapes with a regular expression (_Shape.rx) met for it
+    by_sig: dict[object, list[_Shape]] = field(default_factory=dict)
+    #: chains a command of the full path changed: their rules are numbered again at COMMIT (the
+    #: shape path numbers each rule as it appends it)
+    renumber: set[str] = field(default_factory=set)
 
     def chains_changed(self, name: str) -> None:
         """A chain was declared or removed: shapes that name it literally may parse otherwise now."""
         if name in _KEEP:
             self.shapes.clear()
+            self.by_sig.clear()
 
 
 def parse_rules(text: str, filename: str = "<rules>", family: str | None = None, *, strict: bool = True) -> Ruleset:
@@ -943,7 +1061,8 @@ def _parse_rules(text: str, filename: str, family: str | None, *, strict: bool, 
     # the section caches share parsed sections within one dump; emptied after it, so they hold
     # nothing of a dump once its Ruleset is gone
     try:
-        return _parse_text(text, filename, family, strict, shapes)
+        with quiet_gc():  # a million objects, none of them garbage
+            return _parse_text(text, filename, family, strict, shapes)
     finally:
         _SECTION_CACHE.clear()
         _BASIC_CACHE.clear()
@@ -977,26 +1096,29 @@ def _parse_text(text: str, filename: str, family: str | None, strict: bool, shap
                 tolerated.add("trailing blanks")
             line = s2
         if st is not None and shapes_on and line[:3] == "-A ":
-            # the hot path: a rule line of a known shape (see _make_shape)
-            tokens, quoted, open_quote = _tokenize(line, plain_text)
-            if not open_quote:
-                key = (tuple([t if t[:1] in "-!" or t in keep else "" for t in tokens]), quoted)
-                shape = st.shapes.get(key)
-                if shape is None:
-                    ctx = ParseCtx(filename, lineno, st.table.name, "", family, None)
-                    shape = st.shapes[key] = _make_shape(st, tokens, quoted, ctx)
-                if isinstance(shape, _Shape):
-                    r = _shaped_rule(shape, st, tokens, line, filename, lineno, family)
-                    if r is not None:
-                        chain = st.table.chains[r.chain]
-                        if chain.policy is not None and chain.line == 0:
-                            chain.line = lineno  # a rule creates the base chain (iptables-nft)
-                        chain.rules.append(r)
-                        continue
+            # the hot path: a rule line of a known shape (see _make_shape), read by the regular
+            # expression of a shape met for its signature, else split into words
+            if plain_text:
+                sp = line.find(" ", 3)
+                last = line.rfind(" -")
+                sig = (line[sp : sp + 3], line.count(" -"), line[last : last + 5])
+                for shape in st.by_sig.get(sig, ()):
+                    m = shape.rx.match(line)  # type: ignore[union-attr]
+                    if m is not None:
+                        vals = m.groups()
+                        if keep.isdisjoint(vals):
+                            done = _shaped_rule(shape, st, vals, line, None, filename, lineno, family)
+                            break
+                else:
+                    done = _tokenized_rule(st, line, sig, filename, lineno, family)
+            else:
+                done = _tokenized_rule(st, line, None, filename, lineno, family)
+            if done:
+                continue
         if not line or line[0] == "#":
             continue
         if st is not None and line == "COMMIT":
-            _finish_table(st.table, filename)
+            _finish_table(st.table, filename, st.renumber)
             rs.tables[st.table.name] = st.table
             st = None
             continue
@@ -1140,6 +1262,7 @@ def _run_command(
                 f"chain '{cname}' does not exist in table {table.name} (declare it first)", filename, lineno
             )
         ctx.chain = cname
+        st.renumber.add(cname)
         if cmd == "D" and c.num is not None and has_rule_opts:
             raise InputError("-D takes a rule number or a rule, not both", filename, lineno)
         if cmd == "D" and c.num is not None:
@@ -1243,6 +1366,8 @@ def _run_command(
         for n, chn in chains:
             table.chains[new if n == name else n] = chn
         ch.name = new
+        st.renumber.discard(name)
+        st.renumber.add(new)
         st.declared.discard(name)
         st.declared.add(new)
         st.chains_changed(name)
@@ -1294,35 +1419,57 @@ def _rule_text_of(body: str, tokens: list[str], used: list[int], dropped: list[i
 _HOOKS = ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")
 
 
-def _finish_table(table: Table, filename: str) -> None:
-    """What the kernel checks when the table is committed: loops, and hook restrictions."""
+def _finish_table(table: Table, filename: str, renumber: set[str] | None = None) -> None:
+    """What the kernel checks when the table is committed: loops, and hook restrictions.
+
+    renumber: the chains whose rules' index and chain must be set again (None: all)."""
     builtins = BUILTIN_CHAINS[table.name]
     # each chain's jumps: the first rule jumping to each other chain (later ones add nothing to a walk)
     jumps: dict[str, dict[str, int]] = {}
     for cname, chain in table.chains.items():
+        rules = chain.rules
+        if renumber is None or cname in renumber:
+            for k, r in enumerate(rules, 1):
+                r.index = k
+                r.chain = cname
         first: dict[str, int] = {}
-        for r in chain.rules:
+        for r in rules:
             j = r.jump
             if j is not None and j not in first and j not in STANDARD_VERDICTS:
                 first[j] = r.line
         jumps[cname] = first
     reach = _reach(table, jumps, filename)
     nohooks: frozenset[str] = frozenset()
+    allowed_in: set[tuple[frozenset[str], frozenset[str]]] = set()  # (spec's hooks, chain's hooks) found fine
     for cname, chain in table.chains.items():
         hooks = reach.get(cname, nohooks)
-        for k, r in enumerate(chain.rules, 1):
-            r.index = k
-            r.chain = cname
-            if r.jump in builtins:
-                raise InputError(f"-j {r.jump}: a rule cannot jump to a built-in chain", filename, r.line)
-            if not hooks:
-                continue
-            for spec in r.matches:
-                if spec.hooks is not None:
-                    _check_hooks(table, cname, r, spec, hooks, filename)
-            tgt = r.target
-            if tgt is not None and tgt.hooks is not None:
-                _check_hooks(table, cname, r, tgt, hooks, filename)
+        if any(j in builtins for j in jumps[cname]):
+            for r in chain.rules:
+                if r.jump in builtins:
+                    raise InputError(f"-j {r.jump}: a rule cannot jump to a built-in chain", filename, r.line)
+                if hooks:
+                    _check_rule_hooks(table, cname, r, hooks, filename, allowed_in)
+        elif hooks:
+            for r in chain.rules:
+                _check_rule_hooks(table, cname, r, hooks, filename, allowed_in)
+
+
+def _check_rule_hooks(
+    table: Table,
+    cname: str,
+    r: Rule,
+    hooks: frozenset[str],
+    filename: str,
+    allowed_in: set[tuple[frozenset[str], frozenset[str]]],
+) -> None:
+    for spec in r.matches:
+        if spec.hooks is not None and (spec.hooks, hooks) not in allowed_in:
+            _check_hooks(table, cname, r, spec, hooks, filename)
+            allowed_in.add((spec.hooks, hooks))
+    tgt = r.target
+    if tgt is not None and tgt.hooks is not None and (tgt.hooks, hooks) not in allowed_in:
+        _check_hooks(table, cname, r, tgt, hooks, filename)
+        allowed_in.add((tgt.hooks, hooks))
 
 
 def _check_hooks(
@@ -1350,32 +1497,29 @@ def _reach(table: Table, jumps: dict[str, dict[str, int]], filename: str) -> dic
     first), then the hooks flow down the chains in topological order."""
     done: set[str] = set()
     post: list[str] = []  # finished chains, children first
+    chains = table.chains
     for hook in BUILTIN_CHAINS[table.name]:
         if hook in done:
             continue
         path: list[str] = [hook]
         onpath: set[str] = {hook}
-        stack: list[tuple[str, list[tuple[str, int]], int]] = [(hook, list(jumps[hook].items()), 0)]
+        stack = [iter(jumps[hook].items())]  # per chain on the path: its jumps not yet followed
         while stack:
-            name, edges, k = stack[-1]
-            while k < len(edges):
-                j, line = edges[k]
-                k += 1
+            for j, line in stack[-1]:
                 if j in done:
                     continue
-                if j not in table.chains:
+                if j not in chains:
                     raise InputError(f"rule jumps to chain '{j}', which does not exist", filename, line)
                 if j in onpath:
                     cycle = " -> ".join([*path[path.index(j) :], j])
                     raise InputError(f"jump loop in table {table.name}: {cycle}", filename, line)
-                stack[-1] = (name, edges, k)
                 path.append(j)
                 onpath.add(j)
-                stack.append((j, list(jumps[j].items()), 0))
+                stack.append(iter(jumps[j].items()))
                 break
             else:
                 stack.pop()
-                path.pop()
+                name = path.pop()
                 onpath.discard(name)
                 done.add(name)
                 post.append(name)
