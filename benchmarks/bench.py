@@ -27,6 +27,7 @@ and depend on the machine and its load; run it on an idle machine.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -112,6 +113,9 @@ def worker(d: Path, packets: int, linear_packets: int, catalog: bool, parse_only
     res["cache"] = cache.last_status
     res["rules"] = rs.rule_count()
     res["rss_parsed_mb"] = _rss_mb()
+    # as `nftrace explain` does once the inputs are loaded: the collector no longer walks the
+    # parsed model (a full collection of it would otherwise land in whatever runs next)
+    gc.freeze()
     host = build_host_context(
         routes_file=str(d / "routes.txt"), addrs_file=str(d / "addrs.txt"), sysctls=[str(d / "sysctl.txt")]
     )
