@@ -116,6 +116,15 @@ _CASES = {
     "COMMIT\n",
     "value before the chain": "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -s 10.0.0.1/32 -j ACCEPT\n"
     "-s 10.0.0.2/32 -A INPUT -j ACCEPT\nCOMMIT\n",
+    # commit checks: the shape path looks only at rules with hook-restricted specs
+    "DNAT reached from INPUT": "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:X - [0:0]\n:Y - [0:0]\n"
+    "-A X -p tcp -j DNAT --to-destination 1.2.3.4:80\n-A Y -p tcp -j DNAT --to-destination 1.2.3.5:80\n"
+    "-A PREROUTING -j X\n-A INPUT -j Y\n-A PREROUTING -j Y\nCOMMIT\n",
+    "jump to a built-in chain before a hook error": "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n"
+    ":X - [0:0]\n:Y - [0:0]\n-A X -p tcp -j DNAT --to-destination 1.2.3.4:80\n-A Y -j PREROUTING\n"
+    "-A INPUT -j X\nCOMMIT\n",
+    "hook error in a rule deleted later": "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:X - [0:0]\n"
+    "-A X -p tcp -j DNAT --to-destination 1.2.3.4:80\n-A INPUT -j X\n-D X 1\nCOMMIT\n",
     "comment too long in a known shape": "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -m comment --comment a -j ACCEPT\n"
     f"-A INPUT -m comment --comment {'b' * 300} -j ACCEPT\nCOMMIT\n",
     "target of another table in a known shape": "*nat\n:PREROUTING ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n"

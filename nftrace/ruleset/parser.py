@@ -819,7 +819,7 @@ class _Shape:
 
     __slots__ = (
         "pick", "used", "dropped", "matches", "target", "jump_slot", "jump",
-        "goto", "protocol", "proto_negated", "proto_num", "no_chains", "rx",
+        "goto", "protocol", "proto_negated", "proto_num", "no_chains", "rx", "hooked",
     )  # fmt: skip
 
     def __init__(
@@ -855,6 +855,8 @@ class _Shape:
         if "i" in c.basics:
             no |= {"POSTROUTING", "OUTPUT"}
         self.no_chains = frozenset(no)
+        # a spec of this shape's lines is accepted in some hooks only (set as they are parsed)
+        self.hooked = any(spec.hooks is not None for sec in self.matches for spec in sec.specs.values())
         self.rx = _shape_rx(tokens, quoted, set(order), c)
 
     def ctx(self, filename: str, lineno: int, table: str, chain: str, family: str) -> ParseCtx:
@@ -971,21 +973,26 @@ def _shaped_rule(
                     if spec is None:
                         return False
                     matches[k] = sec.specs[sec.key(vals)] = spec
+                    if spec.hooks is not None:
+                        shape.hooked = True
             if tsec is not None and tgt is None:
                 tgt = tsec.build(vals, ctx)
                 if tgt is None:
                     return False
                 tsec.specs[tsec.key(vals)] = tgt
+                if tgt.hooks is not None:
+                    shape.hooked = True
         except InputError:
             return False
     text = body if tokens is None else "-A " + cname + _rule_text_of(body, tokens, shape.used, shape.dropped)
     rules = chain.rules
-    rules.append(
-        Rule(
-            table.name, cname, text, lineno, matches, tgt, jump, shape.goto, len(rules) + 1,  # type: ignore[arg-type]
-            shape.protocol, shape.proto_negated,
-        )
+    r = Rule(
+        table.name, cname, text, lineno, matches, tgt, jump, shape.goto, len(rules) + 1,  # type: ignore[arg-type]
+        shape.protocol, shape.proto_negated,
     )  # fmt: skip
+    rules.append(r)
+    if shape.hooked and st.hooked is not None:
+        st.hooked.append(r)
     if chain.line == 0 and chain.policy is not None:
         chain.line = lineno  # a rule creates the base chain (iptables-nft)
     return True
@@ -1035,6 +1042,9 @@ class _TableState:
     #: chains a command of the full path changed: their rules are numbered again at COMMIT (the
     #: shape path numbers each rule as it appends it)
     renumber: set[str] = field(default_factory=set)
+    #: the rules with a match or target the kernel accepts in some hooks only (spec.hooks), which
+    #: COMMIT checks; None once a command of the full path ran: COMMIT then checks every rule
+    hooked: list[Rule] | None = field(default_factory=list)
 
     def chains_changed(self, name: str) -> None:
         """A chain was declared or removed: shapes that name it literally may parse otherwise now."""
@@ -1118,7 +1128,7 @@ def _parse_text(text: str, filename: str, family: str | None, strict: bool, shap
         if not line or line[0] == "#":
             continue
         if st is not None and line == "COMMIT":
-            _finish_table(st.table, filename, st.renumber)
+            _finish_table(st.table, filename, st.renumber, st.hooked)
             rs.tables[st.table.name] = st.table
             st = None
             continue
@@ -1245,6 +1255,7 @@ def _run_command(
 ) -> None:
     table = st.table
     cmd = c.cmd
+    st.hooked = None  # rules may go or move: COMMIT checks them all
     if table.name == "nat" and (c.jump == "DROP" or cmd == "P" and c.arg2 == "DROP"):
         raise InputError(_NAT_DROP, filename, lineno)
     has_rule_opts = bool(c.basics or c.matches or c.target is not None)
@@ -1419,11 +1430,15 @@ def _rule_text_of(body: str, tokens: list[str], used: list[int], dropped: list[i
 _HOOKS = ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")
 
 
-def _finish_table(table: Table, filename: str, renumber: set[str] | None = None) -> None:
+def _finish_table(
+    table: Table, filename: str, renumber: set[str] | None = None, hooked: list[Rule] | None = None
+) -> None:
     """What the kernel checks when the table is committed: loops, and hook restrictions.
 
-    renumber: the chains whose rules' index and chain must be set again (None: all)."""
+    renumber: the chains whose rules' index and chain must be set again (None: all); hooked: the
+    only rules with a spec restricted to some hooks (None: look at every rule)."""
     builtins = BUILTIN_CHAINS[table.name]
+    bset = set(builtins)
     # each chain's jumps: the first rule jumping to each other chain (later ones add nothing to a walk)
     jumps: dict[str, dict[str, int]] = {}
     for cname, chain in table.chains.items():
@@ -1440,6 +1455,18 @@ def _finish_table(table: Table, filename: str, renumber: set[str] | None = None)
         jumps[cname] = first
     reach = _reach(table, jumps, filename)
     nohooks: frozenset[str] = frozenset()
+    if hooked is not None and all(bset.isdisjoint(first) for first in jumps.values()):
+        # no rule jumps to a built-in chain: only the hooked rules can be wrong; when one is, the
+        # loop below finds the first wrong rule in the order the kernel reports it
+        fine: set[tuple[frozenset[str], frozenset[str]]] = set()
+        try:
+            for r in hooked:
+                hooks = reach.get(r.chain)
+                if hooks:
+                    _check_rule_hooks(table, r.chain, r, hooks, filename, fine)
+            return
+        except InputError:
+            pass
     allowed_in: set[tuple[frozenset[str], frozenset[str]]] = set()  # (spec's hooks, chain's hooks) found fine
     for cname, chain in table.chains.items():
         hooks = reach.get(cname, nohooks)
@@ -1513,9 +1540,15 @@ def _reach(table: Table, jumps: dict[str, dict[str, int]], filename: str) -> dic
                 if j in onpath:
                     cycle = " -> ".join([*path[path.index(j) :], j])
                     raise InputError(f"jump loop in table {table.name}: {cycle}", filename, line)
+                nxt = jumps[j]
+                if done.issuperset(nxt):
+                    # it jumps only to finished chains (or nowhere): finished now, like a leaf
+                    done.add(j)
+                    post.append(j)
+                    continue
                 path.append(j)
                 onpath.add(j)
-                stack.append(iter(jumps[j].items()))
+                stack.append(iter(nxt.items()))
                 break
             else:
                 stack.pop()
