@@ -114,3 +114,80 @@ def test_nat_range_quick_path_is_taken() -> None:
     else:
         raise AssertionError("a port without -p tcp/udp must be refused")
     assert nat._quick_range("10.244.1.5:65536", ctx) is None
+
+
+# ---------------------------------------------------------------- quick section parsers
+
+_ADDRISH = st.one_of(
+    st.builds(
+        lambda q, m: q + m,
+        st.lists(_OCT, min_size=1, max_size=5).map(".".join),
+        st.sampled_from(["", "/32", "/24", "/0", "/1", "/33", "/08", "/255.255.0.0", "/", "/-1", "/ 8"]),
+    ),
+    st.integers(0, 2**32 - 1).map(lambda a: str(ipaddress.IPv4Address(a))),
+    st.builds(lambda a, n: f"{ipaddress.IPv4Address(a)}/{n}", st.integers(0, 2**32 - 1), st.integers(0, 33)),
+    st.text("0123456789./:abcdef", max_size=20),
+)
+
+
+def _same_spec(a: object, b: object) -> None:
+    from tests.test_parser_shapes import _spec
+
+    assert _spec(a) == _spec(b)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(_ADDRISH, st.sampled_from(["s", "d"]), st.booleans(), st.sampled_from(["ipv4", "ipv6"]))
+def test_quick_addr_match(text: str, kind: str, neg: bool, family: str) -> None:
+    from nftrace.ruleset.ext.basic import basic_match, quick_addr_match
+
+    quick = quick_addr_match(kind, neg, text, family)
+    if quick is None:
+        return
+    _same_spec(quick, basic_match(kind, neg, text, ParseCtx("<t>", 1, "filter", "INPUT", family, None)))
+
+
+def test_quick_addr_match_is_taken() -> None:
+    from nftrace.ruleset.ext.basic import quick_addr_match
+
+    for text in ("10.244.1.5", "10.244.1.5/32", "10.0.0.0/8", "10.0.0.7/8"):
+        assert quick_addr_match("s", False, text, "ipv4") is not None
+    for text in ("0.0.0.0/0", "010.1.1.1", "10.1", "10.0.0.0/255.0.0.0", "::1"):
+        assert quick_addr_match("s", False, text, "ipv4") is None
+
+
+def _quick_defs() -> list[object]:
+    from nftrace.ruleset import registry
+
+    registry.load_extensions()
+    defs = {id(d): d for d in [*registry.MATCHES.values(), *registry.TARGETS.values()] if d.quick is not None}
+    return list(defs.values())
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    st.data(),
+    st.one_of(_RANGE, _ADDRISH, st.text(max_size=80), st.text("ab \"'\\/:->", max_size=300)),
+    st.sampled_from([("tcp", 6), ("udp", 17), ("icmp", 1), (None, None)]),
+    st.booleans(),
+    st.sampled_from(["ipv4", "ipv6"]),
+    st.sampled_from(["nat", "filter", "mangle", "raw"]),
+)
+def test_registered_quick_parsers(
+    data: st.DataObject, value: str, proto: tuple[str | None, int | None], neg: bool, family: str, table: str
+) -> None:
+    """Every ExtDef.quick gives what the extension's full parser gives for that one option, or None."""
+    from nftrace.ruleset.model import Option
+
+    d = data.draw(st.sampled_from(_quick_defs()))
+    opt, quick = d.quick
+    ctx = ParseCtx("<t>", 1, table, "PREROUTING", family, proto[0], neg, proto[1])
+    got = quick(value, ctx)
+    if got is None:
+        return
+    _same_spec(got, d.parse([Option(opt, False, (value,))], ctx))
+
+
+def test_quick_parsers_are_registered() -> None:
+    names = sorted({d.name for d in _quick_defs()})  # type: ignore[attr-defined]
+    assert names == ["DNAT", "SNAT", "comment"]

@@ -50,7 +50,7 @@ from nftrace.errors import InputError
 from nftrace.gcquiet import quiet_gc
 from nftrace.ruleset import registry
 from nftrace.ruleset.canonical import canonical_text
-from nftrace.ruleset.ext.basic import basic_match, protocol_number, protocol_save_name
+from nftrace.ruleset.ext.basic import basic_match, protocol_number, protocol_save_name, quick_addr_match
 from nftrace.ruleset.model import (
     BUILTIN_CHAINS,
     STANDARD_VERDICTS,
@@ -62,7 +62,7 @@ from nftrace.ruleset.model import (
     Table,
     TargetSpec,
 )
-from nftrace.ruleset.registry import Arg, ExtDef, ParseCtx
+from nftrace.ruleset.registry import Arg, ExtDef, ParseCtx, QuickParser
 
 _CMD_LONG = {
     "append": "A", "insert": "I", "delete": "D", "replace": "R", "new-chain": "N", "delete-chain": "X",
@@ -742,7 +742,7 @@ class _Section:
     `specs.get(key(vals))` with the spec of a line's values when they were parsed before;
     `build` parses them (None: only the full path can, e.g. an address list)."""
 
-    __slots__ = ("d", "opts", "key", "specs")
+    __slots__ = ("d", "opts", "key", "specs", "quick", "qslot")
 
     def __init__(self, d: ExtDef, opts: list[Option], slot_of: dict[str, int]) -> None:
         self.d = d
@@ -760,6 +760,25 @@ class _Section:
         # the values of the slots, as a tuple (or one string); specs are keyed by it
         self.key: Callable[[Sequence[str]], object] = itemgetter(*slots) if slots else _no_key
         self.specs: dict[object, MatchSpec | TargetSpec] = {}
+        # the extension's quick parser, for a section of its one option with one value (ExtDef.quick)
+        self.quick: QuickParser | None = None
+        self.qslot = -1
+        o0 = self.opts[0] if len(self.opts) == 1 else None
+        if d.quick is not None and o0 is not None and not isinstance(o0, Option):
+            name, negated, vals = o0
+            if name == d.quick[0] and not negated and len(vals) == 1 and vals[0][0] >= 0:
+                self.quick = d.quick[1]
+                self.qslot = vals[0][0]
+
+    def quick_spec(self, vals: Sequence[str], qctx: ParseCtx) -> MatchSpec | TargetSpec | None:
+        """The spec of vals by the quick parser (never raises), or None: build must."""
+        q = self.quick
+        if q is None:
+            return None
+        spec: MatchSpec | TargetSpec | None = q(vals[self.qslot], qctx)
+        if spec is None or spec.tables is not None and qctx.table not in spec.tables:
+            return None
+        return spec
 
     def build(self, vals: Sequence[str], ctx: ParseCtx) -> MatchSpec | TargetSpec | None:
         # not through _build's cache: the shape's own (specs) already shares a section by its values
@@ -785,6 +804,11 @@ class _BasicSection:
             self.specs[None] = _basic(code, neg, val, ctx)
         else:
             self.key = itemgetter(slot)
+
+    def quick_spec(self, vals: Sequence[str], qctx: ParseCtx) -> MatchSpec | None:
+        if self.code == "s" or self.code == "d":
+            return quick_addr_match(self.code, self.neg, vals[self.slot], qctx.family)
+        return None
 
     def build(self, vals: Sequence[str], ctx: ParseCtx) -> MatchSpec | None:
         val = vals[self.slot]
@@ -819,7 +843,7 @@ class _Shape:
 
     __slots__ = (
         "pick", "used", "dropped", "matches", "target", "jump_slot", "jump",
-        "goto", "protocol", "proto_negated", "proto_num", "no_chains", "rx", "hooked",
+        "goto", "protocol", "proto_negated", "proto_num", "no_chains", "rx", "hooked", "qctx",
     )  # fmt: skip
 
     def __init__(
@@ -858,6 +882,8 @@ class _Shape:
         # a spec of this shape's lines is accepted in some hooks only (set as they are parsed)
         self.hooked = any(spec.hooks is not None for sec in self.matches for spec in sec.specs.values())
         self.rx = _shape_rx(tokens, quoted, set(order), c)
+        # what quick parsers see (ExtDef.quick): the shape's table, family and protocol; no line
+        self.qctx = ParseCtx("", 0, ctx.table, "", ctx.family, self.protocol, self.proto_negated, self.proto_num)
 
     def ctx(self, filename: str, lineno: int, table: str, chain: str, family: str) -> ParseCtx:
         return ParseCtx(filename, lineno, table, chain, family, self.protocol, self.proto_negated, self.proto_num)
@@ -964,21 +990,29 @@ def _shaped_rule(
     tsec = shape.target
     tgt = None if tsec is None else tsec.specs.get(tsec.key(vals))
     if None in matches or tgt is None and tsec is not None:
-        # values not parsed before in this shape
-        ctx = shape.ctx(filename, lineno, table.name, cname, family)
+        # values not parsed before in this shape: by the quick parsers, else in full
+        ctx: ParseCtx | None = None
         try:
             for k, sec in enumerate(shape.matches):
                 if matches[k] is None:
-                    spec = sec.build(vals, ctx)
+                    spec = sec.quick_spec(vals, shape.qctx)
                     if spec is None:
-                        return False
+                        if ctx is None:
+                            ctx = shape.ctx(filename, lineno, table.name, cname, family)
+                        spec = sec.build(vals, ctx)
+                        if spec is None:
+                            return False
                     matches[k] = sec.specs[sec.key(vals)] = spec
                     if spec.hooks is not None:
                         shape.hooked = True
             if tsec is not None and tgt is None:
-                tgt = tsec.build(vals, ctx)
+                tgt = tsec.quick_spec(vals, shape.qctx)
                 if tgt is None:
-                    return False
+                    if ctx is None:
+                        ctx = shape.ctx(filename, lineno, table.name, cname, family)
+                    tgt = tsec.build(vals, ctx)
+                    if tgt is None:
+                        return False
                 tsec.specs[tsec.key(vals)] = tgt
                 if tgt.hooks is not None:
                     shape.hooked = True

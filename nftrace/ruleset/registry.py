@@ -64,6 +64,7 @@ OPT = Arg(0, 1)  # a value when the next word does not start with '-' or '!'
 OPTI = Arg(0, 1, True)
 
 MatchParser = Callable[[list[Option], ParseCtx], MatchSpec]
+QuickParser = Callable[[str, ParseCtx], Any]
 TargetParser = Callable[[list[Option], ParseCtx], TargetSpec]
 
 
@@ -75,6 +76,10 @@ class ExtDef:
     options: dict[str, Arg]
     aliases: dict[str, str]
     family: str | None  # None: both
+    #: (option, parser): a section of that one option with one value, not negated, may be parsed by
+    #: parser(value, ctx), which returns the spec `parse` would, or None to leave it to `parse`;
+    #: it never raises (ctx names no line: errors are `parse`'s to report)
+    quick: tuple[str, QuickParser] | None = None
 
 
 #: (name, family) -> definition
@@ -111,11 +116,14 @@ def _register(
     exactness: str,
     why: str,
     conntrack: bool = False,
+    quick: tuple[str, QuickParser] | None = None,
 ) -> None:
     if conntrack:
         fn = _conntrack_user(fn)
+        if quick is not None:
+            quick = (quick[0], _conntrack_quick(quick[1]))
     for n in names:
-        d = ExtDef(n, kind, fn, dict(options), dict(aliases or {}), family)
+        d = ExtDef(n, kind, fn, dict(options), dict(aliases or {}), family, quick)
         for fam in ("ipv4", "ipv6") if family is None else (family,):
             table[(n, fam)] = d
         key = ("-m " if kind == "match" else "-j ") + n
@@ -134,6 +142,18 @@ def _conntrack_user(fn: Callable[[list[Option], ParseCtx], Any]) -> Callable[[li
     return parse
 
 
+def _conntrack_quick(fn: QuickParser) -> QuickParser:
+    """A quick parser, marking what it parses as _conntrack_user does."""
+
+    def parse(value: str, ctx: ParseCtx) -> Any:
+        spec = fn(value, ctx)
+        if spec is not None:
+            spec.needs_conntrack = True
+        return spec
+
+    return parse
+
+
 def match(
     *names: str,
     options: dict[str, Arg] | None = None,
@@ -142,13 +162,15 @@ def match(
     exactness: str = "exact",
     why: str = "",
     conntrack: bool = False,
+    quick: tuple[str, QuickParser] | None = None,
 ) -> Callable[[MatchParser], MatchParser]:
     """Register a match parser.  conntrack=True: loading the match makes the kernel enable
     connection tracking in the namespace (its checkentry calls nf_ct_netns_get); what it parses
-    gets `needs_conntrack` (a spec class may also set it itself, when only some options do)."""
+    gets `needs_conntrack` (a spec class may also set it itself, when only some options do).
+    quick: see ExtDef.quick (the parser's shape path uses it for values met the first time)."""
 
     def deco(fn: MatchParser) -> MatchParser:
-        _register(MATCHES, "match", names, fn, options or {}, aliases, family, exactness, why, conntrack)
+        _register(MATCHES, "match", names, fn, options or {}, aliases, family, exactness, why, conntrack, quick)
         return fn
 
     return deco
@@ -162,11 +184,12 @@ def target(
     exactness: str = "effect",
     why: str = "",
     conntrack: bool = False,
+    quick: tuple[str, QuickParser] | None = None,
 ) -> Callable[[TargetParser], TargetParser]:
-    """Register a target parser; `conntrack` as for `match`."""
+    """Register a target parser; `conntrack` and `quick` as for `match`."""
 
     def deco(fn: TargetParser) -> TargetParser:
-        _register(TARGETS, "target", names, fn, options or {}, aliases, family, exactness, why, conntrack)
+        _register(TARGETS, "target", names, fn, options or {}, aliases, family, exactness, why, conntrack, quick)
         return fn
 
     return deco

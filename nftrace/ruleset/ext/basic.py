@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import socket
 from typing import TYPE_CHECKING
 
 from nftrace.engine.packet import PROTO_NAMES
@@ -151,6 +153,28 @@ class FragMatch(MatchSpec):
 
     def why_not(self, pkt: Packet, env: Env) -> str:
         return f"{self.text} (packet is {'a' if pkt.fragment else 'not a'} fragment)"
+
+
+# an IPv4 address as iptables-save prints it, with an optional prefix length 1..32
+_V4_NET = re.compile(
+    r"((?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?:\.(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3})"
+    r"(?:/(3[0-2]|[12][0-9]|[1-9]))?\Z"
+)
+
+
+def quick_addr_match(kind: str, neg: bool, value: str, family: str) -> MatchSpec | None:
+    """basic_match for -s/-d `a.b.c.d[/len]` (len 1..32): the same spec, or None to ask it."""
+    if family != "ipv4":
+        return None
+    m = _V4_NET.match(value)
+    if m is None:
+        return None
+    a = int.from_bytes(socket.inet_aton(m.group(1)), "big")
+    n = int(m.group(2) or 32)
+    mask = (0xFFFFFFFF << (32 - n)) & 0xFFFFFFFF
+    net = a & mask
+    shown = value if net == a and m.group(2) else net_text(net, mask, family)
+    return AddrMatch(kind, net, mask, neg, family, ("! -" if neg else "-") + kind + " " + shown)
 
 
 def basic_match(kind: str, neg: bool, value: str, ctx: ParseCtx) -> MatchSpec:

@@ -37,7 +37,13 @@ class Always(MatchSpec):
         return True
 
 
-@match("comment", options={"comment": V}, why="always matches")
+def _quick_comment(c: str, ctx: ParseCtx) -> MatchSpec | None:
+    if len(c) > 63:
+        return None  # perhaps over 255 bytes: parse_comment says
+    return Always("-m comment --comment " + save_string(c))
+
+
+@match("comment", options={"comment": V}, why="always matches", quick=("comment", _quick_comment))
 def parse_comment(items: list[Option], ctx: ParseCtx) -> MatchSpec:
     # the rule parser lets --comment (one value) through at most once, and no other option
     if not items:

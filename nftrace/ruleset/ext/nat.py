@@ -171,15 +171,23 @@ def _quick_range(
     return addr, addr, port, port, None, text
 
 
+def _quick_nat(kind: str, to: str, ctx: ParseCtx) -> TargetSpec | None:
+    """The common case, kube-proxy's endpoints: only --to-destination a.b.c.d:port."""
+    quick = _quick_range(to, ctx)
+    if quick is None:
+        return None
+    lo, hi, plo, phi, base, shown = quick
+    req = NatRequest(kind, lo, hi, plo, phi, None, False, False, base)
+    opt = "to-destination" if kind == "DNAT" else "to-source"
+    return NatTarget(kind, req, f"-j {kind} --{opt} {shown}", _DNAT_HOOKS if kind == "DNAT" else _SNAT_HOOKS)
+
+
 def _snat_dnat(kind: str, items: list[Option], ctx: ParseCtx) -> TargetSpec:
     opt = "to-destination" if kind == "DNAT" else "to-source"
-    if len(items) == 1 and items[0].name == opt:
-        # the common case, kube-proxy's endpoints: only --to-destination a.b.c.d:port
-        quick = _quick_range(items[0].values[0], ctx)
+    if len(items) == 1 and items[0].name == opt and not items[0].negated:
+        quick = _quick_nat(kind, items[0].values[0], ctx)
         if quick is not None:
-            lo, hi, plo, phi, base, shown = quick
-            req = NatRequest(kind, lo, hi, plo, phi, None, False, False, base)
-            return NatTarget(kind, req, f"-j {kind} --{opt} {shown}", _DNAT_HOOKS if kind == "DNAT" else _SNAT_HOOKS)
+            return quick
     o = Opts(items, ctx, kind)
     to = o.value(opt)
     if to is None:
@@ -198,6 +206,7 @@ def _snat_dnat(kind: str, items: list[Option], ctx: ParseCtx) -> TargetSpec:
     options={"to-destination": V, "random": F, "random-fully": F, "persistent": F},
     why="rewrites the destination (first packet of a connection; replies follow the binding)",
     conntrack=True,
+    quick=("to-destination", lambda to, ctx: _quick_nat("DNAT", to, ctx)),
 )
 def parse_dnat(items: list[Option], ctx: ParseCtx) -> TargetSpec:
     return _snat_dnat("DNAT", items, ctx)
@@ -208,6 +217,7 @@ def parse_dnat(items: list[Option], ctx: ParseCtx) -> TargetSpec:
     options={"to-source": V, "random": F, "random-fully": F, "persistent": F},
     why="rewrites the source; from a range, the address the kernel hashes the tuple to",
     conntrack=True,
+    quick=("to-source", lambda to, ctx: _quick_nat("SNAT", to, ctx)),
 )
 def parse_snat(items: list[Option], ctx: ParseCtx) -> TargetSpec:
     return _snat_dnat("SNAT", items, ctx)
