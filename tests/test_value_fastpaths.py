@@ -191,3 +191,50 @@ def test_registered_quick_parsers(
 def test_quick_parsers_are_registered() -> None:
     names = sorted({d.name for d in _quick_defs()})  # type: ignore[attr-defined]
     assert names == ["DNAT", "SNAT", "comment"]
+
+
+# ---------------------------------------------------------------- family guess on a start of the text
+
+
+def _guess_reference(text: str) -> str:
+    """guess_family as it read the whole text (before it read a growing start of it)."""
+    from nftrace.ruleset import parser
+
+    v4 = v6 = 0
+    if '"' in text:
+        text = parser._QUOTED.sub('""', text)
+    for m in parser._ADDR_RE.finditer(text):
+        a = m.group(1)
+        if "." in a or a.isdigit():
+            v4 += 1
+        elif ":" in a:
+            v6 += 1
+        if v4 + v6 > 200:
+            break
+    if v4 or v6:
+        return "ipv6" if v6 > v4 else "ipv4"
+    if parser._V6_WORDS.search(text) and not parser._V4_WORDS.search(text):
+        return "ipv6"
+    return "ipv4"
+
+
+_FAMILY_LINES = [
+    "-A INPUT -s 10.0.0.1/32 -j ACCEPT",
+    "-A INPUT -s fd00::1/128 -j ACCEPT",
+    '-A INPUT -m comment --comment "-s fd00::1 " -j ACCEPT',
+    "-A INPUT -d 2001:db8::/32 -p tcp -j DROP",
+    "-A INPUT ! -s 1.2.3.4 -j DROP",
+    "-A INPUT -s !",
+    "1.2.3.4 -j DROP",
+    ":KUBE-SEP-ABCDEFGHIJKLMNOP - [0:0]",
+    "-A INPUT -p icmpv6 -j ACCEPT",
+]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(_FAMILY_LINES), st.integers(1, 4000)), min_size=1, max_size=6))
+def test_guess_family_on_a_start_of_the_text(runs: list[tuple[str, int]]) -> None:
+    from nftrace.ruleset.parser import guess_family
+
+    text = "".join((line + "\n") * n for line, n in runs)
+    assert guess_family(text) == _guess_reference(text)
