@@ -111,6 +111,9 @@ def worker(d: Path, packets: int, linear_packets: int, catalog: bool, parse_only
     from nftrace.ruleset import cache
 
     res["cache"] = cache.last_status
+    from nftrace import compiled
+
+    res["compiled"] = compiled.active()
     res["rules"] = rs.rule_count()
     res["rss_parsed_mb"] = _rss_mb()
     # as `nftrace explain` does once the inputs are loaded: the collector no longer walks the
@@ -182,18 +185,31 @@ def worker(d: Path, packets: int, linear_packets: int, catalog: bool, parse_only
 
 
 def run_worker(
-    d: Path, args: argparse.Namespace, env: dict[str, str], catalog: bool, parse_only: bool = False
+    d: Path,
+    args: argparse.Namespace,
+    env: dict[str, str],
+    catalog: bool,
+    parse_only: bool = False,
+    compiled: Path | None = None,
 ) -> dict[str, Any]:
+    """The worker in a process of its own; compiled: a compiled build (benchmarks/compiled.py) to run
+    nftrace from (first on sys.path, as the worker's directory; the benchmarks from PYTHONPATH)."""
     cmd = [sys.executable, "-m", "benchmarks.bench", "--worker", str(d), "--packets", str(args.packets),
            "--linear-packets", str(args.linear_packets)]  # fmt: skip
     if catalog:
         cmd.append("--catalog")
     if parse_only:
         cmd.append("--parse-only")
-    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    cwd = ROOT
+    if compiled is not None:
+        cwd = compiled
+        env = dict(env, PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])]))
+    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"worker failed: {out.stderr.strip()[-2000:]}")
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    if result["compiled"] != (compiled is not None):
+        raise RuntimeError(f"the worker ran the {'compiled' if result['compiled'] else 'pure'} parser")
     return result
 
 
@@ -371,6 +387,16 @@ def report(m: dict[str, Any], sizes: list[dict[str, Any]], st: dict[str, Any] | 
     row("  its CPU time, kernel's included (s)", lambda s: _f(s["ipt"].get("restore_test_cpu_s")))
     row("iptables-legacy-restore --test (s)", lambda s: _f(s["ipt"].get("legacy_restore_test_s")))
     row("(parse + index) / restore --test", lambda s: _ratio(s["w"]["parse_s"] + s["w"]["index_s"], s))
+    if any("wc" in s for s in cols):
+        row("parse, compiled parser (s)", lambda s: _f(s["wc"]["parse_s"]) if "wc" in s else "-")
+        row(
+            "  (parse + index) / restore --test",
+            lambda s: _ratio(s["wc"]["parse_s"] + s["wc"]["index_s"], s) if "wc" in s else "-",
+        )
+        row(
+            "  in CPU time",
+            lambda s: _ratio(s["wc"]["parse_cpu_s"] + s["wc"]["index_cpu_s"], s, "_cpu") if "wc" in s else "-",
+        )
     row("  in CPU time", lambda s: _ratio(s["w"]["parse_cpu_s"] + s["w"]["index_cpu_s"], s, "_cpu"))
     row("  with the cache", lambda s: _ratio(s["warm"]["parse_s"] + s["w"]["index_s"], s) if _hit(s) else "-")
     row(
@@ -405,6 +431,11 @@ def report(m: dict[str, Any], sizes: list[dict[str, Any]], st: dict[str, Any] | 
         cold_cpu = big["w"]["parse_cpu_s"] + big["w"]["index_cpu_s"]
         out.append(f"  (parse + index) / iptables-restore --test at {big['w']['rules']:,} rules: "
                    f"{cold / ipt:.2f} cold, {cold_cpu / ipt_cpu:.2f} in CPU time (goal <= 1.0)")  # fmt: skip
+        if "wc" in big:
+            comp = big["wc"]["parse_s"] + big["wc"]["index_s"]
+            comp_cpu = big["wc"]["parse_cpu_s"] + big["wc"]["index_cpu_s"]
+            out.append(f"      with the compiled parser (NFTRACE_COMPILE=1): {comp / ipt:.2f}, "
+                       f"{comp_cpu / ipt_cpu:.2f} in CPU time")  # fmt: skip
         if _hit(big):
             warm = big["warm"]["parse_s"] + big["w"]["index_s"]
             warm_cpu = big["warm"]["parse_cpu_s"] + big["w"]["index_cpu_s"]
@@ -430,6 +461,24 @@ def report(m: dict[str, Any], sizes: list[dict[str, Any]], st: dict[str, Any] | 
     return "\n".join(out)
 
 
+def _compiled_build(mode: str, dst: Path) -> Path | None:
+    """The compiled build to measure too (None: not asked for, or auto and not possible here)."""
+    if mode == "no":
+        return None
+    from benchmarks.compiled import CompileUnavailable, build
+
+    t = time.perf_counter()
+    try:
+        out = build(dst)
+    except CompileUnavailable as e:
+        if mode == "yes":
+            raise SystemExit(f"bench: --compiled yes: {e}") from None
+        print(f"compiled parser not measured: {e}", file=sys.stderr)
+        return None
+    print(f"compiled parser built in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="1000,10000", help="comma-separated service-port counts (default 1000,10000)")
@@ -450,6 +499,13 @@ def main(argv: list[str] | None = None) -> int:
         help="run `explain --batch` end to end only up to N services (default 10000)",
     )
     ap.add_argument("--no-cache", action="store_true", help="skip the parsed-ruleset cache measurement")
+    ap.add_argument(
+        "--compiled",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="also parse with the compiled parser (nftrace/compiled.py; built here with mypyc, about a "
+        "minute): auto = when mypy and a C compiler are there (default)",
+    )
     ap.add_argument("--json", metavar="FILE", help="also write every figure as JSON")
     ap.add_argument("--keep", metavar="DIR", help="write the generated dumps here (default: a temporary directory)")
     ap.add_argument("--worker", metavar="DIR", help=argparse.SUPPRESS)
@@ -469,6 +525,7 @@ def main(argv: list[str] | None = None) -> int:
     env = {k: v for k, v in os.environ.items() if k != "NFTRACE_CACHE"}
     results: list[dict[str, Any]] = []
     try:
+        comp = _compiled_build(a.compiled, tmp / "compiled")
         for n in sizes:
             t = time.perf_counter()
             dump = generate(n, a.endpoints, a.seed)
@@ -482,6 +539,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"N={n}: iptables {r['ipt']}", file=sys.stderr)
             r["w"] = run_worker(d, a, env, catalog=True)
             print(f"N={n}: worker {r['w']}", file=sys.stderr)
+            if comp is not None:
+                r["wc"] = run_worker(d, a, env, catalog=False, parse_only=True, compiled=comp)
+                print(f"N={n}: compiled parser {r['wc']['parse_s']:.2f} s", file=sys.stderr)
             if not a.no_cache:
                 cenv = dict(env, NFTRACE_CACHE=str(tmp / "cache"))
                 run_worker(d, a, cenv, catalog=False, parse_only=True)  # fills it

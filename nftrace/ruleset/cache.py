@@ -52,13 +52,17 @@ def cache_dir() -> Path | None:
 
 
 def code_fingerprint() -> str:
-    """SHA-256 of the Python version and of every source file of the nftrace package."""
+    """SHA-256 of the Python version, of every source file of the nftrace package and of whether
+    its parser is the compiled one (nftrace/compiled.py: other classes behind the same names)."""
     global _fingerprint
     if _fingerprint is None:
         import sys
 
+        from nftrace import compiled
+
         h = hashlib.sha256(FORMAT)
         h.update(sys.version.encode())
+        h.update(b"compiled\0" if compiled.active() else b"pure\0")
         root = Path(__file__).resolve().parents[1]
         for p in sorted(root.rglob("*.py")):
             h.update(str(p.relative_to(root)).encode() + b"\0")

@@ -7,8 +7,12 @@ registry (`nftrace.ruleset.registry`); the engine evaluates them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+
+# mypyc_attr(serializable=True): the parsed-ruleset cache pickles the model, also when compiled
+# (nftrace/compiled.py); a no-op for the interpreter
+from mypy_extensions import mypyc_attr
 
 if TYPE_CHECKING:
     from nftrace.engine.env import Env
@@ -25,11 +29,20 @@ BUILTIN_CHAINS: dict[str, tuple[str, ...]] = {
 STANDARD_VERDICTS = frozenset({"ACCEPT", "DROP", "RETURN", "QUEUE"})
 
 
+def by_constructor(obj: Any) -> tuple[Any, ...]:
+    """__reduce__ of a frozen dataclass: rebuilt by its constructor from its fields (pickle's default
+    sets the fields one by one, which a compiled frozen class refuses; nftrace/compiled.py)."""
+    return (type(obj), tuple(getattr(obj, f.name) for f in fields(obj)))
+
+
 @dataclass(frozen=True, slots=True)
 class Unknown:
     """A match whose outcome cannot be decided offline; `reason` says why."""
 
     reason: str
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return by_constructor(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +51,9 @@ class Chance:
 
     p: float
     label: str
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return by_constructor(self)
 
 
 # What a match's evaluate() returns.
@@ -52,6 +68,7 @@ class Option(NamedTuple):
     values: tuple[str, ...]
 
 
+@mypyc_attr(serializable=True)
 class MatchSpec:
     """Base class of every parsed match.  Subclasses live in nftrace.ruleset.ext.
 
@@ -102,6 +119,7 @@ class TargetResult:
     unknown: str | None = None
 
 
+@mypyc_attr(serializable=True)
 class TargetSpec:
     """Base class of every parsed target."""
 
@@ -126,6 +144,7 @@ class TargetSpec:
         return f"<{type(self).__name__} {self.text!r}>"
 
 
+@mypyc_attr(serializable=True)
 @dataclass(slots=True, eq=False)
 class Rule:
     table: str
@@ -147,6 +166,7 @@ class Rule:
         return self.target.name if self.target is not None else None
 
 
+@mypyc_attr(serializable=True)
 @dataclass(slots=True, eq=False)
 class Chain:
     name: str
@@ -160,6 +180,7 @@ class Chain:
         return self.policy is not None
 
 
+@mypyc_attr(serializable=True)
 @dataclass(slots=True, eq=False)
 class Table:
     name: str
@@ -167,6 +188,7 @@ class Table:
     line: int = 0
 
 
+@mypyc_attr(serializable=True)
 @dataclass(slots=True, eq=False)
 class Ruleset:
     family: str = "ipv4"  # ipv4 | ipv6

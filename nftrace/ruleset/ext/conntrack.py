@@ -259,7 +259,7 @@ def parse_helper(items: list[Option], ctx: ParseCtx) -> MatchSpec:
 
 class NotrackTarget(TargetSpec):
     name = "NOTRACK"
-    tables = ("raw",)
+    tables: tuple[str, ...] | None = ("raw",)
 
     def __init__(self, text: str) -> None:
         self.text = text
@@ -277,7 +277,7 @@ class CtNotrackTarget(NotrackTarget):
 
 class CtTarget(TargetSpec):
     name = "CT"
-    tables = ("raw",)
+    tables: tuple[str, ...] | None = ("raw",)
     needs_conntrack = True  # CT --notrack (CtNotrackTarget) does not: seen in the kernel
 
     def __init__(self, text: str, zone: str | None, helper: str | None) -> None:

@@ -417,7 +417,7 @@ def parse_length(items: list[Option], ctx: ParseCtx) -> MatchSpec:
 class MacMatch(MatchSpec):
     __slots__ = ("mac", "neg", "text")
 
-    hooks = frozenset({PRE, INP, FWD})
+    hooks: frozenset[str] | None = frozenset({PRE, INP, FWD})
 
     def __init__(self, mac: str, neg: bool, text: str) -> None:
         self.mac, self.neg, self.text = mac, neg, text
@@ -464,7 +464,7 @@ def parse_mac(items: list[Option], ctx: ParseCtx) -> MatchSpec:
 class OwnerMatch(MatchSpec):
     __slots__ = ("opts", "text")
 
-    hooks = frozenset({OUT, POST})
+    hooks: frozenset[str] | None = frozenset({OUT, POST})
 
     def __init__(self, opts: list[tuple[str, bool, tuple[int, int] | None]], text: str) -> None:
         self.opts, self.text = opts, text

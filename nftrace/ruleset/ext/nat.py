@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from nftrace.ruleset.model import Option, TargetResult, TargetSpec
+from nftrace.ruleset.model import Option, TargetResult, TargetSpec, by_constructor
 from nftrace.ruleset.registry import F, Opts, ParseCtx, V, target
 from nftrace.ruleset.values import addr_text, c_strtoul, parse_addr_mask, parse_host, prefix_len, service_port
 
@@ -35,6 +35,9 @@ class NatRequest:
     persistent: bool = False
     port_base: int | None = None  # `:lo-hi/base` (port shift), not modelled by the engine
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return by_constructor(self)
+
     @property
     def manip(self) -> str:
         """'dst' or 'src' — fixed by the kind, except NETMAP (decided by hook)."""
@@ -42,7 +45,7 @@ class NatRequest:
 
 
 class NatTarget(TargetSpec):
-    tables = ("nat",)
+    tables: tuple[str, ...] | None = ("nat",)
 
     def __init__(self, kind: str, req: NatRequest, text: str, hooks: frozenset[str]) -> None:
         self.kind = kind

@@ -282,7 +282,7 @@ def parse_checksum(items: list[Option], ctx: ParseCtx) -> TargetSpec:
 
 class TproxyTarget(TargetSpec):
     name = "TPROXY"
-    tables = ("mangle",)
+    tables: tuple[str, ...] | None = ("mangle",)
 
     def __init__(self, text: str, mark: tuple[int, int] | None) -> None:
         self.text = text
