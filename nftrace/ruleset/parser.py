@@ -736,16 +736,36 @@ def _substitute_addr(text: str, c: _Cmd, s: str | None, d: str | None) -> str:
 # the reference: tests/test_parser_shapes.py checks both give the same model and errors.
 
 
-class _Section:
+class _Specs:
+    """A section's specs by value (the values of its placeholders in a line)."""
+
+    __slots__ = ("specs", "cache", "misses")
+
+    def __init__(self) -> None:
+        self.specs: dict[object, MatchSpec | TargetSpec] = {}
+        self.cache = True  # specs keeps what was parsed (see tally)
+        self.misses = 0
+
+    def tally(self, lines: int) -> None:
+        """One more value parsed, of `lines` the shape read: keep no specs when nearly every value is
+        new (a comment or an endpoint per rule): looking them up would only cost."""
+        self.misses += 1
+        if self.misses & 2047 == 0 and self.misses * 8 > lines * 7:
+            self.cache = False
+            self.specs = {}
+
+
+class _Section(_Specs):
     """An extension section of a shape: its options with placeholders, and specs by value.
 
     Every section of a shape (the -s/-d/-i/... matches, the -m sections, the target) answers
     `specs.get(key(vals))` with the spec of a line's values when they were parsed before;
     `build` parses them (None: only the full path can, e.g. an address list)."""
 
-    __slots__ = ("d", "opts", "key", "specs", "quick", "qslot")
+    __slots__ = ("d", "opts", "key", "quick", "qslot")
 
     def __init__(self, d: ExtDef, opts: list[Option], slot_of: dict[str, int]) -> None:
+        super().__init__()
         self.d = d
         # each option as written when it has no placeholder, else (name, negated, [value index or -1,
         # literal value])
@@ -760,7 +780,6 @@ class _Section:
                 slots.extend(k for k, _ in vals if k >= 0)
         # the values of the slots, as a tuple (or one string); specs are keyed by it
         self.key: Callable[[Sequence[str]], object] = itemgetter(*slots) if slots else _no_key
-        self.specs: dict[object, MatchSpec | TargetSpec] = {}
         # the extension's quick parser, for a section of its one option with one value (ExtDef.quick)
         self.quick: QuickParser | None = None
         self.qslot = -1
@@ -790,16 +809,16 @@ class _Section:
         return _parse_section(self.d, opts, ctx)
 
 
-class _BasicSection:
+class _BasicSection(_Specs):
     """A -s/-d/-i/-o/-p/-f option of a shape, as a section (see _Section)."""
 
-    __slots__ = ("code", "neg", "slot", "key", "specs")
+    __slots__ = ("code", "neg", "slot", "key")
 
     def __init__(self, code: str, neg: bool, val: str, slot: int, ctx: ParseCtx) -> None:
+        super().__init__()
         self.code = code
         self.neg = neg
         self.slot = slot
-        self.specs: dict[object, MatchSpec | TargetSpec] = {}
         if slot < 0:  # a literal word: parsed now, the same for every line
             self.key: Callable[[Sequence[str]], object] = _no_key
             self.specs[None] = _basic(code, neg, val, ctx)
@@ -844,7 +863,7 @@ class _Shape:
 
     __slots__ = (
         "pick", "used", "dropped", "matches", "target", "jump_slot", "jump",
-        "goto", "protocol", "proto_negated", "proto_num", "no_chains", "rx", "hooked", "qctx",
+        "goto", "protocol", "proto_negated", "proto_num", "no_chains", "rx", "hooked", "qctx", "lines",
     )  # fmt: skip
 
     def __init__(
@@ -885,6 +904,7 @@ class _Shape:
         self.rx = _shape_rx(tokens, quoted, set(order), c)
         # what quick parsers see (ExtDef.quick): the shape's table, family and protocol; no line
         self.qctx = ParseCtx("", 0, ctx.table, "", ctx.family, self.protocol, self.proto_negated, self.proto_num)
+        self.lines = 0  # lines read by this shape
 
     def ctx(self, filename: str, lineno: int, table: str, chain: str, family: str) -> ParseCtx:
         return ParseCtx(filename, lineno, table, chain, family, self.protocol, self.proto_negated, self.proto_num)
@@ -979,9 +999,15 @@ def _shaped_rule(
     or None when shape.rx read the line (whose rule text is then the line itself)."""
     cname = vals[0]
     table = st.table
-    chain = table.chains.get(cname)
-    if chain is None or cname in shape.no_chains:
+    chain = st.last
+    if chain is None or chain.name != cname:  # most lines follow one of the same chain
+        chain = table.chains.get(cname)
+        if chain is None:
+            return False
+        st.last = chain
+    if cname in shape.no_chains:
         return False
+    shape.lines += 1
     jump = shape.jump
     if shape.jump_slot >= 0:
         jump = vals[shape.jump_slot]
@@ -1003,7 +1029,10 @@ def _shaped_rule(
                         spec = sec.build(vals, ctx)
                         if spec is None:
                             return False
-                    matches[k] = sec.specs[sec.key(vals)] = spec
+                    matches[k] = spec
+                    if sec.cache:
+                        sec.specs[sec.key(vals)] = spec
+                        sec.tally(shape.lines)
                     if spec.hooks is not None:
                         shape.hooked = True
             if tsec is not None and tgt is None:
@@ -1014,7 +1043,9 @@ def _shaped_rule(
                     tgt = tsec.build(vals, ctx)
                     if tgt is None:
                         return False
-                tsec.specs[tsec.key(vals)] = tgt
+                if tsec.cache:
+                    tsec.specs[tsec.key(vals)] = tgt
+                    tsec.tally(shape.lines)
                 if tgt.hooks is not None:
                     shape.hooked = True
         except InputError:
@@ -1080,6 +1111,8 @@ class _TableState:
     #: the rules with a match or target the kernel accepts in some hooks only (spec.hooks), which
     #: COMMIT checks; None once a command of the full path ran: COMMIT then checks every rule
     hooked: list[Rule] | None = field(default_factory=list)
+    #: the chain of the last rule the shape path appended (None after a command of the full path)
+    last: Chain | None = None
 
     def chains_changed(self, name: str) -> None:
         """A chain was declared or removed: shapes that name it literally may parse otherwise now."""
@@ -1291,6 +1324,7 @@ def _run_command(
     table = st.table
     cmd = c.cmd
     st.hooked = None  # rules may go or move: COMMIT checks them all
+    st.last = None  # and chains may go or change names
     if table.name == "nat" and (c.jump == "DROP" or cmd == "P" and c.arg2 == "DROP"):
         raise InputError(_NAT_DROP, filename, lineno)
     has_rule_opts = bool(c.basics or c.matches or c.target is not None)
