@@ -30,8 +30,9 @@ STANDARD_VERDICTS = frozenset({"ACCEPT", "DROP", "RETURN", "QUEUE"})
 
 
 def by_constructor(obj: Any) -> tuple[Any, ...]:
-    """__reduce__ of a frozen dataclass: rebuilt by its constructor from its fields (pickle's default
-    sets the fields one by one, which a compiled frozen class refuses; nftrace/compiled.py)."""
+    """__reduce__ of a dataclass rebuilt by its constructor from its fields: pickle's default sets
+    the fields one by one, which a frozen class refuses once compiled, and a compiled class with
+    required arguments cannot be made without them (nftrace/compiled.py)."""
     return (type(obj), tuple(getattr(obj, f.name) for f in fields(obj)))
 
 
