@@ -1011,8 +1011,8 @@ def _shaped_rule(
     jump = shape.jump
     if shape.jump_slot >= 0:
         jump = vals[shape.jump_slot]
-        if jump not in st.declared:
-            return False
+        if jump not in st.declared or jump in st.builtins:
+            return False  # the full path (a jump to a built-in chain is refused at COMMIT)
     matches: list[MatchSpec | TargetSpec | None] = [sec.specs.get(sec.key(vals)) for sec in shape.matches]
     tsec = shape.target
     tgt = None if tsec is None else tsec.specs.get(tsec.key(vals))
@@ -1101,6 +1101,7 @@ _PER_SIG = 8
 class _TableState:
     table: Table
     declared: set[str]  # chains that exist at this point (built-in and user)
+    builtins: frozenset[str]  # the table's built-in chains
     #: shape of a command line -> _Shape or _NO_SHAPE (see _make_shape)
     shapes: dict[tuple[tuple[str, ...], frozenset[int]], object] = field(default_factory=dict)
     #: a line's signature -> the shapes with a regular expression (_Shape.rx) met for it
@@ -1173,7 +1174,7 @@ def _parse_text(text: str, filename: str, family: str | None, strict: bool, shap
             if s2 != stripped:
                 tolerated.add("trailing blanks")
             line = s2
-        if st is not None and shapes_on and line[:3] == "-A ":
+        if st is not None and shapes_on and line.startswith("-A "):
             # the hot path: a rule line of a known shape (see _make_shape), read by the regular
             # expression of a shape met for its signature, else split into words
             if plain_text:
@@ -1272,11 +1273,11 @@ def _start_table(rs: Ruleset, name: str, lineno: int) -> _TableState:
         prev = old.chains.get(b) if old is not None else None
         # flushing keeps the built-in chains' policies
         table.chains[b] = Chain(name=b, policy=prev.policy if prev else "ACCEPT", line=prev.line if prev else 0)
-    return _TableState(table, set(table.chains))
+    return _TableState(table, set(table.chains), frozenset(table.chains))
 
 
 def _declare_chain(st: _TableState, line: str, filename: str, lineno: int) -> None:
-    parts = line[1:].replace("\t", " ").split()
+    parts = line[1:].split()  # at blanks and tabs (and the rarer blanks iptables-restore refuses anyway)
     if not parts:
         raise InputError("chain name missing after ':'", filename, lineno)
     cname = parts[0]
@@ -1301,9 +1302,10 @@ def _declare_chain(st: _TableState, line: str, filename: str, lineno: int) -> No
         raise InputError(f"user chain {cname} cannot have a policy ({policy!r}); write '-'{why}", filename, lineno)
     if cname in table.chains:
         raise InputError(f"chain {cname} is declared twice in table {table.name}", filename, lineno)
-    table.chains[cname] = Chain(name=cname, policy=None, line=lineno, counters=parts[2] if len(parts) > 2 else None)
+    table.chains[cname] = Chain(cname, None, [], lineno, parts[2] if len(parts) > 2 else None)
     st.declared.add(cname)
-    st.chains_changed(cname)
+    if cname in _KEEP:
+        st.chains_changed(cname)
 
 
 def _check_chain_name(cname: str, filename: str, lineno: int) -> None:
@@ -1504,29 +1506,19 @@ def _finish_table(
 ) -> None:
     """What the kernel checks when the table is committed: loops, and hook restrictions.
 
-    renumber: the chains whose rules' index and chain must be set again (None: all); hooked: the
-    only rules with a spec restricted to some hooks (None: look at every rule)."""
+    renumber: the chains whose rules' index and chain must be set again (None: all); hooked: None,
+    or every rule with a spec restricted to some hooks when all rules came by the shape path (which
+    leaves jumps to built-in chains to the full path)."""
     builtins = BUILTIN_CHAINS[table.name]
-    bset = set(builtins)
-    # each chain's jumps: the first rule jumping to each other chain (later ones add nothing to a walk)
-    jumps: dict[str, dict[str, int]] = {}
-    for cname, chain in table.chains.items():
-        rules = chain.rules
-        if renumber is None or cname in renumber:
-            for k, r in enumerate(rules, 1):
-                r.index = k
-                r.chain = cname
-        first: dict[str, int] = {}
-        for r in rules:
-            j = r.jump
-            if j is not None and j not in first and j not in STANDARD_VERDICTS:
-                first[j] = r.line
-        jumps[cname] = first
-    reach = _reach(table, jumps, filename)
+    for cname, chain in table.chains.items() if renumber is None else _chains_of(table, renumber):
+        for k, r in enumerate(chain.rules, 1):
+            r.index = k
+            r.chain = cname
+    reach = _reach(table, filename)
     nohooks: frozenset[str] = frozenset()
-    if hooked is not None and all(bset.isdisjoint(first) for first in jumps.values()):
-        # no rule jumps to a built-in chain: only the hooked rules can be wrong; when one is, the
-        # loop below finds the first wrong rule in the order the kernel reports it
+    if hooked is not None:
+        # only the hooked rules can be wrong; when one is, the loop below finds the first wrong rule
+        # in the order the kernel reports it
         fine: set[tuple[frozenset[str], frozenset[str]]] = set()
         try:
             for r in hooked:
@@ -1539,15 +1531,15 @@ def _finish_table(
     allowed_in: set[tuple[frozenset[str], frozenset[str]]] = set()  # (spec's hooks, chain's hooks) found fine
     for cname, chain in table.chains.items():
         hooks = reach.get(cname, nohooks)
-        if any(j in builtins for j in jumps[cname]):
-            for r in chain.rules:
-                if r.jump in builtins:
-                    raise InputError(f"-j {r.jump}: a rule cannot jump to a built-in chain", filename, r.line)
-                if hooks:
-                    _check_rule_hooks(table, cname, r, hooks, filename, allowed_in)
-        elif hooks:
-            for r in chain.rules:
+        for r in chain.rules:
+            if r.jump in builtins:
+                raise InputError(f"-j {r.jump}: a rule cannot jump to a built-in chain", filename, r.line)
+            if hooks:
                 _check_rule_hooks(table, cname, r, hooks, filename, allowed_in)
+
+
+def _chains_of(table: Table, names: set[str]) -> list[tuple[str, Chain]]:
+    return [(n, c) for n, c in table.chains.items() if n in names]
 
 
 def _check_rule_hooks(
@@ -1585,54 +1577,55 @@ def _check_hooks(
     )
 
 
-def _reach(table: Table, jumps: dict[str, dict[str, int]], filename: str) -> dict[str, frozenset[str]]:
+def _reach(table: Table, filename: str) -> dict[str, frozenset[str]]:
     """The base chains each chain is reachable from; a chain met again on the current path is a loop.
 
-    One depth-first walk from the base chains in order (a chain already finished holds no loop
-    and is not entered again, so the first loop found is the one a walk per base chain finds
-    first), then the hooks flow down the chains in topological order."""
+    One depth-first walk from the base chains in order, following each chain's jumps in rule order
+    (a chain already finished holds no loop and is not entered again, so a second jump to a chain
+    adds nothing, and the first loop found is the one a walk per base chain finds first), then the
+    hooks flow down the chains in topological order."""
     done: set[str] = set()
-    post: list[str] = []  # finished chains, children first
+    post: list[Chain] = []  # finished chains, children first
     chains = table.chains
     for hook in BUILTIN_CHAINS[table.name]:
         if hook in done:
             continue
         path: list[str] = [hook]
         onpath: set[str] = {hook}
-        stack = [iter(jumps[hook].items())]  # per chain on the path: its jumps not yet followed
+        stack = [(chains[hook], iter(chains[hook].rules))]  # per chain on the path: its rules not yet read
         while stack:
-            for j, line in stack[-1]:
-                if j in done:
+            for r in stack[-1][1]:
+                j = r.jump
+                if j is None or j in done or j in STANDARD_VERDICTS:
                     continue
-                if j not in chains:
-                    raise InputError(f"rule jumps to chain '{j}', which does not exist", filename, line)
+                nxt = chains.get(j)
+                if nxt is None:
+                    raise InputError(f"rule jumps to chain '{j}', which does not exist", filename, r.line)
                 if j in onpath:
                     cycle = " -> ".join([*path[path.index(j) :], j])
-                    raise InputError(f"jump loop in table {table.name}: {cycle}", filename, line)
-                nxt = jumps[j]
-                if done.issuperset(nxt):
-                    # it jumps only to finished chains (or nowhere): finished now, like a leaf
-                    done.add(j)
-                    post.append(j)
-                    continue
+                    raise InputError(f"jump loop in table {table.name}: {cycle}", filename, r.line)
                 path.append(j)
                 onpath.add(j)
-                stack.append(iter(nxt.items()))
+                stack.append((nxt, iter(nxt.rules)))
                 break
             else:
-                stack.pop()
+                ch, _ = stack.pop()
                 name = path.pop()
                 onpath.discard(name)
                 done.add(name)
-                post.append(name)
+                post.append(ch)
     reach: dict[str, frozenset[str]] = {h: frozenset({h}) for h in BUILTIN_CHAINS[table.name] if h in done}
-    for name in reversed(post):
-        mine = reach.get(name)
+    for ch in reversed(post):
+        mine = reach.get(ch.name)
         if mine is None:
             continue
-        for j in jumps[name]:
+        for r in ch.rules:
+            j = r.jump
+            if j is None or j in STANDARD_VERDICTS:
+                continue
             theirs = reach.get(j)
-            reach[j] = mine if theirs is None or theirs is mine else theirs | mine
+            if theirs is not mine:
+                reach[j] = mine if theirs is None else theirs | mine
     return reach
 
 
