@@ -8,7 +8,7 @@ registry (`nftrace.ruleset.registry`); the engine evaluates them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, Final, NamedTuple
 
 # mypyc_attr(serializable=True): the parsed-ruleset cache pickles the model, also when compiled
 # (nftrace/compiled.py); a no-op for the interpreter
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from nftrace.engine.env import Env
     from nftrace.engine.packet import Packet
 
-BUILTIN_CHAINS: dict[str, tuple[str, ...]] = {
+BUILTIN_CHAINS: Final[dict[str, tuple[str, ...]]] = {
     "raw": ("PREROUTING", "OUTPUT"),
     "mangle": ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"),
     "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"),
@@ -26,7 +26,7 @@ BUILTIN_CHAINS: dict[str, tuple[str, ...]] = {
     "security": ("INPUT", "FORWARD", "OUTPUT"),
 }
 
-STANDARD_VERDICTS = frozenset({"ACCEPT", "DROP", "RETURN", "QUEUE"})
+STANDARD_VERDICTS: Final = frozenset({"ACCEPT", "DROP", "RETURN", "QUEUE"})
 
 
 def by_constructor(obj: Any) -> tuple[Any, ...]:

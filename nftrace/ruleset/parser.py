@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Callable, Container, Sequence
+from collections.abc import Callable, Container, Iterator, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 
@@ -1585,18 +1585,24 @@ def _reach(table: Table, filename: str) -> dict[str, frozenset[str]]:
     adds nothing, and the first loop found is the one a walk per base chain finds first), then the
     hooks flow down the chains in topological order."""
     done: set[str] = set()
-    post: list[Chain] = []  # finished chains, children first
+    post: list[tuple[str, list[str]]] = []  # finished chains, children first, with the chains they jump to
     chains = table.chains
+    verdicts = STANDARD_VERDICTS
     for hook in BUILTIN_CHAINS[table.name]:
         if hook in done:
             continue
         path: list[str] = [hook]
         onpath: set[str] = {hook}
-        stack = [(chains[hook], iter(chains[hook].rules))]  # per chain on the path: its rules not yet read
+        # per chain on the path: its rules not yet read, and the chains they jumped to so far
+        stack: list[tuple[Iterator[Rule], list[str]]] = [(iter(chains[hook].rules), [])]
         while stack:
-            for r in stack[-1][1]:
+            rules, edges = stack[-1]
+            for r in rules:
                 j = r.jump
-                if j is None or j in done or j in STANDARD_VERDICTS:
+                if j is None or j in verdicts:
+                    continue
+                edges.append(j)
+                if j in done:
                     continue
                 nxt = chains.get(j)
                 if nxt is None:
@@ -1606,23 +1612,20 @@ def _reach(table: Table, filename: str) -> dict[str, frozenset[str]]:
                     raise InputError(f"jump loop in table {table.name}: {cycle}", filename, r.line)
                 path.append(j)
                 onpath.add(j)
-                stack.append((nxt, iter(nxt.rules)))
+                stack.append((iter(nxt.rules), []))
                 break
             else:
-                ch, _ = stack.pop()
+                stack.pop()
                 name = path.pop()
                 onpath.discard(name)
                 done.add(name)
-                post.append(ch)
+                post.append((name, edges))
     reach: dict[str, frozenset[str]] = {h: frozenset({h}) for h in BUILTIN_CHAINS[table.name] if h in done}
-    for ch in reversed(post):
-        mine = reach.get(ch.name)
+    for name, edges in reversed(post):
+        mine = reach.get(name)
         if mine is None:
             continue
-        for r in ch.rules:
-            j = r.jump
-            if j is None or j in STANDARD_VERDICTS:
-                continue
+        for j in edges:
             theirs = reach.get(j)
             if theirs is not mine:
                 reach[j] = mine if theirs is None else theirs | mine

@@ -17,7 +17,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     from nftrace.ruleset.registry import ParseCtx
@@ -271,7 +271,7 @@ def net_text(net: int, mask: int, family: str) -> str:
 # ------------------------------------------------------------------ strings
 
 
-_BARE = re.compile(r"[_0-9a-zA-Z-]+\Z")
+_BARE: Final = re.compile(r"[_0-9a-zA-Z-]+\Z")
 
 
 def save_string(value: str) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import socket
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from nftrace.engine.packet import PROTO_NAMES
 from nftrace.ruleset.model import MatchOutcome, MatchSpec
@@ -54,7 +54,7 @@ def engine_proto(num: int) -> str:
 
 
 #: position of each built-in match in iptables-save's output: -s -d -i -o -p -f
-BASIC_RANK = {"s": 0, "d": 1, "i": 2, "o": 3, "p": 4, "f": 5}
+BASIC_RANK: Final = {"s": 0, "d": 1, "i": 2, "o": 3, "p": 4, "f": 5}
 
 
 class AddrMatch(MatchSpec):
@@ -156,7 +156,7 @@ class FragMatch(MatchSpec):
 
 
 # an IPv4 address as iptables-save prints it, with an optional prefix length 1..32
-_V4_NET = re.compile(
+_V4_NET: Final = re.compile(
     r"((?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?:\.(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3})"
     r"(?:/(3[0-2]|[12][0-9]|[1-9]))?\Z"
 )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from nftrace.ruleset.model import Option, TargetResult, TargetSpec, by_constructor
 from nftrace.ruleset.registry import F, Opts, ParseCtx, V, target
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from nftrace.engine.packet import Packet
 
 PRE, INP, FWD, OUT, POST = "PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"
-_PORT_PROTOS = (6, 17, 132, 33, 136)  # tcp udp sctp dccp udplite
+_PORT_PROTOS: Final = (6, 17, 132, 33, 136)  # tcp udp sctp dccp udplite
 
 
 @dataclass(slots=True)
@@ -151,8 +151,8 @@ def _parse_range(
     return lo, hi, plo, phi, base, shown
 
 
-_DNAT_HOOKS = frozenset({PRE, OUT})
-_SNAT_HOOKS = frozenset({POST, INP})
+_DNAT_HOOKS: Final = frozenset({PRE, OUT})
+_SNAT_HOOKS: Final = frozenset({POST, INP})
 
 
 def _flags(o: Opts, names: tuple[str, ...]) -> list[str]:
@@ -160,7 +160,7 @@ def _flags(o: Opts, names: tuple[str, ...]) -> list[str]:
 
 
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-_V4_ADDR_PORT = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}:([1-9][0-9]{{0,4}}|0)\Z")
+_V4_ADDR_PORT: Final = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}:([1-9][0-9]{{0,4}}|0)\Z")
 
 
 def _quick_range(
