@@ -165,6 +165,18 @@ def parse_ipv4(text: str) -> int | None:
     return _parse_ipv4_general(text)
 
 
+def canonical_ipv4(text: str) -> int | None:
+    """The address of `a.b.c.d` written exactly as inet_ntoa writes it (no leading zeros, no other
+    form), else None: the quick parsers' test for what iptables-save prints."""
+    try:
+        packed = socket.inet_aton(text)
+    except (OSError, ValueError):  # not an address; non-ASCII text, a NUL
+        return None
+    if socket.inet_ntoa(packed) != text:
+        return None
+    return int.from_bytes(packed, "big")
+
+
 def _parse_ipv4_general(text: str) -> int | None:
     parts = text.split(".")
     if 1 <= len(parts) <= 4 and all(parts):

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import re
-import socket
 from typing import TYPE_CHECKING, Final
 
 from nftrace.engine.packet import PROTO_NAMES
 from nftrace.ruleset.model import MatchOutcome, MatchSpec
-from nftrace.ruleset.values import c_strtoul, net_text, parse_addr_mask, quote_always
+from nftrace.ruleset.values import c_strtoul, canonical_ipv4, net_text, parse_addr_mask, quote_always
 
 if TYPE_CHECKING:
     from nftrace.engine.env import Env
@@ -155,25 +153,25 @@ class FragMatch(MatchSpec):
         return f"{self.text} (packet is {'a' if pkt.fragment else 'not a'} fragment)"
 
 
-# an IPv4 address as iptables-save prints it, with an optional prefix length 1..32
-_V4_NET: Final = re.compile(
-    r"((?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?:\.(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3})"
-    r"(?:/(3[0-2]|[12][0-9]|[1-9]))?\Z"
-)
+_PREFIX: Final = {str(n): n for n in range(1, 33)}  # prefix lengths as iptables-save prints them
+_MASKS: Final = [(0xFFFFFFFF << (32 - n)) & 0xFFFFFFFF for n in range(33)]
 
 
 def quick_addr_match(kind: str, neg: bool, value: str, family: str) -> MatchSpec | None:
-    """basic_match for -s/-d `a.b.c.d[/len]` (len 1..32): the same spec, or None to ask it."""
+    """basic_match for -s/-d `a.b.c.d[/len]` (len 1..32) as iptables-save prints them: the same spec,
+    or None to ask it."""
     if family != "ipv4":
         return None
-    m = _V4_NET.match(value)
-    if m is None:
+    addr, slash, plen = value.partition("/")
+    n = _PREFIX.get(plen) if slash else 32
+    if n is None:
         return None
-    a = int.from_bytes(socket.inet_aton(m.group(1)), "big")
-    n = int(m.group(2) or 32)
-    mask = (0xFFFFFFFF << (32 - n)) & 0xFFFFFFFF
+    a = canonical_ipv4(addr)
+    if a is None:
+        return None
+    mask = _MASKS[n]
     net = a & mask
-    shown = value if net == a and m.group(2) else net_text(net, mask, family)
+    shown = value if net == a and slash else net_text(net, mask, family)
     return AddrMatch(kind, net, mask, neg, family, ("! -" if neg else "-") + kind + " " + shown)
 
 

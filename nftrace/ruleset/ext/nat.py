@@ -7,13 +7,20 @@ packet when the nat table's hook function finishes.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from nftrace.ruleset.model import Option, TargetResult, TargetSpec, by_constructor
 from nftrace.ruleset.registry import F, Opts, ParseCtx, V, target
-from nftrace.ruleset.values import addr_text, c_strtoul, parse_addr_mask, parse_host, prefix_len, service_port
+from nftrace.ruleset.values import (
+    addr_text,
+    c_strtoul,
+    canonical_ipv4,
+    parse_addr_mask,
+    parse_host,
+    prefix_len,
+    service_port,
+)
 
 if TYPE_CHECKING:
     from nftrace.engine.env import Env
@@ -159,21 +166,20 @@ def _flags(o: Opts, names: tuple[str, ...]) -> list[str]:
     return [f"--{n}" for n in names if o.has(n)]
 
 
-_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-_V4_ADDR_PORT: Final = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}:([1-9][0-9]{{0,4}}|0)\Z")
-
-
 def _quick_range(
     text: str, ctx: ParseCtx
 ) -> tuple[str | None, str | None, int | None, int | None, int | None, str] | None:
     """_parse_range for `a.b.c.d:port` written as iptables-save prints it (None: ask _parse_range)."""
-    m = _V4_ADDR_PORT.match(text)
-    if m is None or ctx.family != "ipv4" or ctx.proto_num not in _PORT_PROTOS or ctx.proto_negated:
+    if ctx.family != "ipv4" or ctx.proto_num not in _PORT_PROTOS or ctx.proto_negated:
         return None
-    port = int(m.group(1))
-    if port > 0xFFFF:
+    addr, colon, port_s = text.rpartition(":")
+    if not colon or not (port_s.isascii() and port_s.isdigit()) or len(port_s) > 5:
         return None
-    addr = text[: m.start(1) - 1]
+    if port_s[0] == "0" and port_s != "0":
+        return None  # a leading zero: not as iptables-save prints a port
+    port = int(port_s)
+    if port > 0xFFFF or canonical_ipv4(addr) is None:
+        return None
     return addr, addr, port, port, None, text
 
 
