@@ -286,6 +286,7 @@ def iptables_reference(path: Path, runs: int, between: Any = None) -> dict[str, 
                         between()
                 res[key + "_s"] = statistics.median(walls)
                 res[key + "_cpu_s"] = statistics.median(cpus)
+                res[key + "_all_s"] = walls
                 res[key + "_rss_mb"] = rss
                 if key == "restore_test":
                     # iptables-nft: nothing at all may be left (nft list ruleset is empty)
@@ -370,6 +371,17 @@ def _ratio(t: float, s: dict[str, Any], kind: str = "") -> str:
     return f"{t / ref:.2f}" if ref else "-"
 
 
+def _pairwise(s: dict[str, Any], which: str) -> str:
+    """The median over runs of (parse + index) / the iptables-restore --test run just before it:
+    neighbouring runs share the VM's speed of the moment."""
+    refs = s["ipt"].get("restore_test_all_s")
+    parses = s[which].get("parse_all_s")
+    if not refs or not parses or len(refs) != len(parses):
+        return "-"
+    idx = s[which]["index_s"]
+    return f"{statistics.median((p + idx) / r for p, r in zip(parses, refs, strict=True)):.2f}"
+
+
 def report(m: dict[str, Any], sizes: list[dict[str, Any]], st: dict[str, Any] | None) -> str:
     out = [
         f"machine: {m['nproc']} CPUs, {m['cpu']}, {m['ram']} RAM; Linux {m['kernel']}; Python {m['python']}; "
@@ -392,6 +404,7 @@ def report(m: dict[str, Any], sizes: list[dict[str, Any]], st: dict[str, Any] | 
     row("  its CPU time, kernel's included (s)", lambda s: _f(s["ipt"].get("restore_test_cpu_s")))
     row("iptables-legacy-restore --test (s)", lambda s: _f(s["ipt"].get("legacy_restore_test_s")))
     row("(parse + index) / restore --test", lambda s: _ratio(s["wp"]["parse_s"] + s["wp"]["index_s"], s))
+    row("  median of the run-by-run ratios", lambda s: _pairwise(s, "wp"))
     row("  in CPU time", lambda s: _ratio(s["wp"]["parse_cpu_s"] + s["wp"]["index_cpu_s"], s, "_cpu"))
     if any("wc" in s for s in cols):
         row("parse, compiled parser (s)", lambda s: _f(s["wc"]["parse_s"]) if "wc" in s else "-")
@@ -399,6 +412,7 @@ def report(m: dict[str, Any], sizes: list[dict[str, Any]], st: dict[str, Any] | 
             "  (parse + index) / restore --test",
             lambda s: _ratio(s["wc"]["parse_s"] + s["wc"]["index_s"], s) if "wc" in s else "-",
         )
+        row("  median of the run-by-run ratios", lambda s: _pairwise(s, "wc") if "wc" in s else "-")
         row(
             "  in CPU time",
             lambda s: _ratio(s["wc"]["parse_cpu_s"] + s["wc"]["index_cpu_s"], s, "_cpu") if "wc" in s else "-",
@@ -438,12 +452,13 @@ def report(m: dict[str, Any], sizes: list[dict[str, Any]], st: dict[str, Any] | 
         ipt_cpu = big["ipt"]["restore_test_cpu_s"]
         cold_cpu = big["wp"]["parse_cpu_s"] + big["wp"]["index_cpu_s"]
         out.append(f"  (parse + index) / iptables-restore --test at {big['w']['rules']:,} rules: "
-                   f"{cold / ipt:.2f} cold, {cold_cpu / ipt_cpu:.2f} in CPU time (goal <= 1.0)")  # fmt: skip
+                   f"{cold / ipt:.2f} cold, {cold_cpu / ipt_cpu:.2f} in CPU time, {_pairwise(big, 'wp')} run by run "
+                   "(goal <= 1.0)")  # fmt: skip
         if "wc" in big:
             comp = big["wc"]["parse_s"] + big["wc"]["index_s"]
             comp_cpu = big["wc"]["parse_cpu_s"] + big["wc"]["index_cpu_s"]
             out.append(f"      with the compiled parser (NFTRACE_COMPILE=1): {comp / ipt:.2f}, "
-                       f"{comp_cpu / ipt_cpu:.2f} in CPU time")  # fmt: skip
+                       f"{comp_cpu / ipt_cpu:.2f} in CPU time, {_pairwise(big, 'wc')} run by run")  # fmt: skip
         if _hit(big):
             warm = big["warm"]["parse_s"] + big["wp"]["index_s"]
             warm_cpu = big["warm"]["parse_cpu_s"] + big["wp"]["index_cpu_s"]
