@@ -177,48 +177,40 @@ def test_lines_of_one_shape_that_need_the_full_path(name: str) -> None:
     same(_CASES[name], name)
 
 
-@_PURE_ONLY
-def test_shapes_are_shared() -> None:
-    """The point of the shape path: a kube dump of 300 services has a few dozen shapes."""
+def _calls_on_kube300(name: str) -> tuple[int, int]:
+    """(rules, calls of parser.<name>) parsing a generated 300-service kube dump."""
     from benchmarks.gen_kube import generate
 
     text = generate(300, 3, seed=7).text
-    seen: list[int] = []
-    real = parser._make_shape
+    calls: list[int] = []
+    real = getattr(parser, name)
 
-    def counting(*a: Any) -> object:
-        seen.append(1)
+    def counting(*a: Any) -> Any:
+        calls.append(1)
         return real(*a)
 
-    parser._make_shape = counting  # type: ignore[assignment]
+    setattr(parser, name, counting)
     try:
         rs = parser._parse_rules(text, "kube300", None, strict=True)
     finally:
-        parser._make_shape = real  # type: ignore[assignment]
-    assert rs.rule_count() > 3000
-    assert 0 < len(seen) < 100
+        setattr(parser, name, real)
+    return rs.rule_count(), len(calls)
+
+
+@_PURE_ONLY
+def test_shapes_are_shared() -> None:
+    """The point of the shape path: a kube dump of 300 services has a few dozen shapes."""
+    rules, shapes = _calls_on_kube300("_make_shape")
+    assert rules > 3000
+    assert 0 < shapes < 100
 
 
 @_PURE_ONLY
 def test_most_kube_lines_are_read_by_a_shapes_regular_expression() -> None:
     """The signature finds the shape of nearly every line without splitting it into words."""
-    from benchmarks.gen_kube import generate
-
-    text = generate(300, 3, seed=7).text
-    split: list[int] = []
-    real = parser._tokenized_rule
-
-    def counting(*a: Any) -> bool:
-        split.append(1)
-        return real(*a)
-
-    parser._tokenized_rule = counting  # type: ignore[assignment]
-    try:
-        rs = parser._parse_rules(text, "kube300", None, strict=True)
-    finally:
-        parser._tokenized_rule = real  # type: ignore[assignment]
-    assert rs.rule_count() > 3000
-    assert 0 < len(split) < 200
+    rules, split = _calls_on_kube300("_tokenized_rule")
+    assert rules > 3000
+    assert 0 < split < 200
 
 
 @st.composite

@@ -862,7 +862,7 @@ class _Shape:
     kept literally (_KEEP), which the caller checks."""
 
     __slots__ = (
-        "pick", "used", "dropped", "matches", "target", "jump_slot", "jump",
+        "pick", "used", "dropped", "matches", "target", "sections", "jump_slot", "jump",
         "goto", "protocol", "proto_negated", "proto_num", "no_chains", "rx", "hooked", "qctx", "lines",
     )  # fmt: skip
 
@@ -886,6 +886,8 @@ class _Shape:
             self.matches.append(_BasicSection(code, neg, val, val_of.get(val, -1), ctx))
         self.matches.extend(_Section(i.d, i.opts, val_of) for i in c.matches)
         self.target = _Section(c.target.d, c.target.opts, val_of) if c.target is not None else None
+        # the matches' sections, then the target's
+        self.sections: list[_Section | _BasicSection] = [*self.matches, *([self.target] if self.target else [])]
         self.jump_slot = val_of.get(c.jump, -1) if c.jump is not None else -1
         self.jump = c.jump
         self.goto = c.goto
@@ -1013,47 +1015,34 @@ def _shaped_rule(
         jump = vals[shape.jump_slot]
         if jump not in st.declared or jump in st.builtins:
             return False  # the full path (a jump to a built-in chain is refused at COMMIT)
-    matches: list[MatchSpec | TargetSpec | None] = [sec.specs.get(sec.key(vals)) for sec in shape.matches]
-    tsec = shape.target
-    tgt = None if tsec is None else tsec.specs.get(tsec.key(vals))
-    if None in matches or tgt is None and tsec is not None:
+    specs: list[MatchSpec | TargetSpec | None] = [sec.specs.get(sec.key(vals)) for sec in shape.sections]
+    if None in specs:
         # values not parsed before in this shape: by the quick parsers, else in full
         ctx: ParseCtx | None = None
         try:
-            for k, sec in enumerate(shape.matches):
-                if matches[k] is None:
-                    spec = sec.quick_spec(vals, shape.qctx)
-                    if spec is None:
-                        if ctx is None:
-                            ctx = shape.ctx(filename, lineno, table.name, cname, family)
-                        spec = sec.build(vals, ctx)
-                        if spec is None:
-                            return False
-                    matches[k] = spec
-                    if sec.cache:
-                        sec.specs[sec.key(vals)] = spec
-                        sec.tally(shape.lines)
-                    if spec.hooks is not None:
-                        shape.hooked = True
-            if tsec is not None and tgt is None:
-                tgt = tsec.quick_spec(vals, shape.qctx)
-                if tgt is None:
+            for k, sec in enumerate(shape.sections):
+                if specs[k] is not None:
+                    continue
+                spec = sec.quick_spec(vals, shape.qctx)
+                if spec is None:
                     if ctx is None:
                         ctx = shape.ctx(filename, lineno, table.name, cname, family)
-                    tgt = tsec.build(vals, ctx)
-                    if tgt is None:
+                    spec = sec.build(vals, ctx)
+                    if spec is None:
                         return False
-                if tsec.cache:
-                    tsec.specs[tsec.key(vals)] = tgt
-                    tsec.tally(shape.lines)
-                if tgt.hooks is not None:
+                specs[k] = spec
+                if sec.cache:
+                    sec.specs[sec.key(vals)] = spec
+                    sec.tally(shape.lines)
+                if spec.hooks is not None:
                     shape.hooked = True
         except InputError:
             return False
+    tgt = specs.pop() if shape.target is not None else None  # the target's section is the last
     text = body if tokens is None else "-A " + cname + _rule_text_of(body, tokens, shape.used, shape.dropped)
     rules = chain.rules
     r = Rule(
-        table.name, cname, text, lineno, matches, tgt, jump, shape.goto, len(rules) + 1,  # type: ignore[arg-type]
+        table.name, cname, text, lineno, specs, tgt, jump, shape.goto, len(rules) + 1,  # type: ignore[arg-type]
         shape.protocol, shape.proto_negated,
     )  # fmt: skip
     rules.append(r)
