@@ -31,7 +31,6 @@ import itertools
 from bisect import bisect_left
 from typing import TYPE_CHECKING, NamedTuple
 
-from nftrace.gcquiet import quiet_gc
 from nftrace.ruleset.model import Chain, Rule, Ruleset
 
 if TYPE_CHECKING:
@@ -230,8 +229,7 @@ class RulesetIndex:
         got = self._by_id.get(id(chain))
         if got is not None and got[0] is chain and got[1].rules is rules and got[1].n == len(rules):
             return got[1]
-        with quiet_gc():  # thousands of lists next to a parsed dump of a million objects: no garbage
-            ix = ChainIndex(chain, self.host_known)
+        ix = ChainIndex(chain, self.host_known)
         self._by_id[id(chain)] = (chain, ix)
         return ix
 

@@ -237,7 +237,7 @@ class Service:
         b = self._pending
         if b is not None:
             self._pending = None
-            with quiet_gc():  # tens of thousands of objects next to a dump of millions: no garbage
+            with quiet_gc():
                 b.details(self)
 
     @property
@@ -326,7 +326,7 @@ class Service:
         b = self._masq_pending
         if b is not None:  # a trace never needs them: read on their own first use
             self._masq_pending = None
-            with quiet_gc():  # tens of thousands of objects next to a dump of millions: no garbage
+            with quiet_gc():
                 b.masquerades(self)
 
     @property
@@ -607,7 +607,7 @@ class Catalog:
 
     def to_json(self) -> dict[str, Any]:
         self._complete()
-        with quiet_gc():  # tens of thousands of objects next to a dump of millions: no garbage  # a document of a million objects at 10k Services
+        with quiet_gc():  # a document of a million objects at 10k Services
             return {
                 "schema": SCHEMA,
                 "mode": self.mode,
@@ -628,8 +628,9 @@ def build_catalog(ruleset: Ruleset, host: HostContext | None = None, ipsets: IpS
     """The catalogue of `ruleset`; `host` (when known) decides which endpoints are on this node.
 
     The entry points (KUBE-SERVICES, KUBE-NODEPORTS, the filter chains, Docker) are read now; each
-    Service's own chains when first asked for (see Service)."""
-    with quiet_gc():  # tens of thousands of objects next to a dump of millions: no garbage
+    Service's own chains when first asked for (see Service). Reading pauses the garbage collector
+    (quiet_gc): tens of thousands of objects, none garbage, next to a parsed dump of millions."""
+    with quiet_gc():
         return _Builder(ruleset, host, ipsets).build()
 
 
@@ -786,7 +787,7 @@ class _Builder:
         if self._finished:
             return
         self._finished = True
-        with quiet_gc():  # tens of thousands of objects next to a dump of millions: no garbage
+        with quiet_gc():
             self._finish()
 
     def _finish(self) -> None:
@@ -851,7 +852,7 @@ class _Builder:
             # the chains that jump to each chain (a target that is no chain, ACCEPT ..., is never asked for)
             parents: dict[str, list[str]] = {}
             if self.nat is not None:
-                with quiet_gc():  # tens of thousands of objects next to a dump of millions: no garbage
+                with quiet_gc():
                     for name, c in self.nat.chains.items():
                         for r in c.rules:
                             j = r.jump

@@ -108,8 +108,8 @@ def tokenize(line: str, ctx_file: str = "<rules>", lineno: int = 0) -> tuple[lis
 
 
 # str.split() also splits at these; iptables-restore splits only at blanks and newlines
-_ODD_BLANK = re.compile(r"[\r\x0b\x0c\x1c-\x1f]")
 _ODD_BLANKS = "\r\x0b\x0c\x1c\x1d\x1e\x1f"
+_ODD_BLANK = re.compile(f"[{_ODD_BLANKS}]")
 
 
 _NOT_QUOTED: frozenset[int] = frozenset()
